@@ -1,0 +1,132 @@
+// dgemma — a runtime for DiffusionGemma (block text diffusion on a Gemma-4 MoE backbone) on ggml.
+//
+// Usage (what exists today: opening and checking a GGUF):
+//
+//     #include "dgemma.h"
+//
+//     try {
+//         dgemma::model_info info = dgemma::inspect_gguf("model.gguf");
+//         printf("%s: %d layers, %zu tensors\n", info.architecture.c_str(),
+//                info.hparams.n_layer, info.tensors.size());
+//     } catch (const dgemma::error & e) {
+//         fprintf(stderr, "%s\n", e.what());   // names the file and the problem
+//     }
+//
+// Contract:
+// - Every failure caused by input (a missing, truncated or foreign file, a missing key, a tensor of the
+//   wrong shape or type) is reported as a thrown dgemma::error whose message starts with the file name.
+//   Nothing in this API aborts the process on bad input.
+// - Functions are thread-safe unless stated otherwise; the log callback is process-wide.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+namespace dgemma {
+
+// The one exception type the engine throws for failures caused by input or the environment.
+class error : public std::runtime_error {
+public:
+    using std::runtime_error::runtime_error;
+};
+
+// Hyper-parameters of a DiffusionGemma text model, as stored in (or defaulted for) a GGUF.
+struct hparams {
+    int32_t n_layer            = 0;
+    int32_t n_ctx_train        = 0;    // context_length
+    int32_t n_embd             = 0;    // hidden size H
+    int32_t n_ff               = 0;    // dense MLP width (also the self-conditioning MLP width)
+    int32_t n_head             = 0;    // query heads (all layers)
+    int32_t head_dim_full      = 0;    // key/value length of full-attention layers
+    int32_t head_dim_swa       = 0;    // key/value length of sliding layers
+    int32_t n_rot_full         = 0;    // rope.dimension_count (partial rotation comes from rope_freqs)
+    int32_t n_rot_swa          = 0;
+    int32_t sliding_window     = 0;    // the config.json value; the decoder sees sliding_window - 1 cached keys
+    int32_t n_expert           = 0;
+    int32_t n_expert_used      = 0;
+    int32_t n_ff_expert        = 0;
+    int32_t n_vocab            = 0;    // rows of token_embd
+    float   rms_eps            = 1e-6f;
+    float   rope_base_full     = 1e6f;
+    float   rope_base_swa      = 1e4f;
+    float   logit_softcap      = 30.0f;
+
+    std::vector<int32_t> n_head_kv_per_layer;
+    std::vector<bool>    swa_per_layer;   // true = sliding-window layer
+
+    bool    is_swa(int il) const { return swa_per_layer.at(il); }
+    int32_t n_head_kv(int il) const { return n_head_kv_per_layer.at(il); }
+    int32_t head_dim(int il) const { return is_swa(il) ? head_dim_swa : head_dim_full; }
+};
+
+// Sampler defaults stored in the GGUF (`diffusion.*`), reference defaults where a key is absent.
+struct diffusion_defaults {
+    int32_t canvas_length        = 256;
+    int32_t max_denoising_steps  = 48;
+    float   t_min                = 0.4f;
+    float   t_max                = 0.8f;
+    float   entropy_bound        = 0.1f;
+    int32_t stability_threshold  = 1;
+    float   confidence_threshold = 0.005f;
+};
+
+struct tokenizer_info {
+    std::string model;                 // tokenizer.ggml.model ("gemma4")
+    int32_t n_tokens       = 0;
+    int32_t n_merges       = 0;
+    int32_t bos_id         = -1;
+    int32_t eos_id         = -1;
+    int32_t pad_id         = -1;
+    bool    add_bos        = true;
+    bool    has_chat_template = false;
+    std::vector<int32_t> eog_ids;      // end-of-generation set: eos + <turn|> + <|tool_response>, where present
+};
+
+struct layer_info {
+    bool    sliding   = true;
+    int32_t n_head_kv = 0;
+    int32_t head_dim  = 0;
+    bool    has_v     = false;         // only sliding layers have attn_v; full layers take V from K
+    bool    fused_gate_up = true;      // ffn_gate_up_exps (true) or split ffn_gate_exps + ffn_up_exps
+};
+
+struct tensor_info {
+    std::string          name;
+    std::string          type;         // ggml type name ("f32", "q8_0", ...)
+    std::vector<int64_t> shape;        // ggml order: fastest dimension first
+    uint64_t             offset = 0;   // absolute offset in the file
+    uint64_t             nbytes = 0;
+};
+
+struct model_info {
+    std::string path;
+    uint64_t    file_size   = 0;
+    uint32_t    gguf_version = 0;
+    std::string architecture;
+    std::string name;                  // general.name, if any
+    int32_t     file_type   = -1;      // general.file_type, -1 when absent
+    hparams             hp;
+    diffusion_defaults  diffusion;
+    tokenizer_info      tokenizer;
+    std::vector<layer_info>  layers;
+    std::vector<tensor_info> tensors;  // in file order
+    std::vector<std::string> defaulted_keys;   // optional keys that were absent and took reference defaults
+};
+
+// Open a GGUF, read its metadata and check every required key and every tensor's presence, type and shape
+// against the DiffusionGemma schema. No tensor data is read. Throws dgemma::error.
+model_info inspect_gguf(const std::string & path);
+
+// Log sink for the engine and ggml. level: 1 = debug, 2 = info, 3 = warn, 4 = error (ggml's values).
+// Without a callback, warnings and errors go to stderr.
+using log_callback = void (*)(int level, const char * text, void * user_data);
+void set_log_callback(log_callback cb, void * user_data);
+
+// Version of the engine and of the ggml it was built with.
+const char * version();
+const char * ggml_version();
+
+} // namespace dgemma

@@ -1,0 +1,21 @@
+// Opening a GGUF and checking it against the DiffusionGemma schema before any compute exists.
+#pragma once
+
+#include "dgemma.h"
+#include "dgemma-gguf.h"
+
+#include <memory>
+#include <string>
+
+namespace dgemma {
+
+struct checked_gguf {
+    std::unique_ptr<gguf_file> file;
+    model_info info;
+};
+
+// Opens `path`, reads all metadata and checks every required key and tensor (presence, type, shape,
+// aliases, no unexpected tensors). Throws dgemma::error naming the file and the first problem found.
+checked_gguf open_checked_gguf(const std::string & path);
+
+} // namespace dgemma
