@@ -73,8 +73,8 @@ class GGUFInfo:
             f"  vocab      {hp['n_vocab']}  tokenizer {self.tokenizer['model']}  "
             f"eog {self.tokenizer['eog_ids']}",
             f"  canvas     {self.diffusion['canvas_length']}  steps {self.diffusion['max_denoising_steps']}  "
-            f"t {self.diffusion['t_max']}->{self.diffusion['t_min']}  "
-            f"entropy_bound {self.diffusion['entropy_bound']}",
+            f"t {self.diffusion['t_max']:.4g}->{self.diffusion['t_min']:.4g}  "
+            f"entropy_bound {self.diffusion['entropy_bound']:.4g}",
             f"  tensors    {len(self.tensors)} ({types})",
         ]
         if self.defaulted_keys:

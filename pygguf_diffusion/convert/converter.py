@@ -1,0 +1,230 @@
+"""HF DiffusionGemma checkpoint -> GGUF, streamed tensor by tensor into a temporary file that is renamed
+into place only when complete."""
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from gguf import GGUF_DEFAULT_ALIGNMENT, GGMLQuantizationType, GGUFValueType, GGUFWriter
+
+from . import tensor_map
+from .errors import ConversionError
+from .hf_config import ModelParams, load_params
+from .safetensors_reader import TensorRef, index_checkpoint
+from .type_policy import OutType, choose_type, encode, nbytes
+from .vocab import load_vocab
+
+logger = logging.getLogger(__name__)
+
+ARCH = "diffusion-gemma"
+CHUNK_BYTES = 64 * 2**20  # float32 working set per write
+_ARRAY, _INT32, _BOOL, _STRING, _FLOAT32 = (GGUFValueType.ARRAY, GGUFValueType.INT32, GGUFValueType.BOOL,
+                                            GGUFValueType.STRING, GGUFValueType.FLOAT32)
+
+
+@dataclass(frozen=True)
+class _Planned:
+    name: str
+    shape: tuple[int, ...]  # numpy order
+    qtype: GGMLQuantizationType
+    source: TensorRef | None  # None: generated (rope_freqs)
+
+
+def _write_metadata(w: GGUFWriter, p: ModelParams, out: OutType, name: str, model_dir: Path) -> None:
+    A = ARCH
+    w.add_string("general.name", name)
+    w.add_uint32("general.file_type", out.file_type)
+    w.add_uint32("general.quantization_version", 2)
+    w.add_uint32(f"{A}.block_count", p.n_layer)
+    w.add_uint32(f"{A}.context_length", p.n_ctx_train)
+    w.add_uint32(f"{A}.embedding_length", p.n_embd)
+    w.add_uint32(f"{A}.feed_forward_length", p.n_ff)
+    w.add_uint32(f"{A}.attention.head_count", p.n_head)
+    w.add_key_value(f"{A}.attention.head_count_kv", list(p.n_head_kv), _ARRAY, _INT32)
+    w.add_uint32(f"{A}.attention.key_length", p.head_dim_full)
+    w.add_uint32(f"{A}.attention.value_length", p.head_dim_full)
+    w.add_uint32(f"{A}.attention.key_length_swa", p.head_dim_swa)
+    w.add_uint32(f"{A}.attention.value_length_swa", p.head_dim_swa)
+    w.add_uint32(f"{A}.attention.sliding_window", p.sliding_window)
+    w.add_key_value(f"{A}.attention.sliding_window_pattern", [p.is_swa(i) for i in range(p.n_layer)], _ARRAY,
+                    _BOOL)
+    w.add_float32(f"{A}.attention.layer_norm_rms_epsilon", p.rms_eps)
+    w.add_bool(f"{A}.attention.causal", False)
+    w.add_uint32(f"{A}.attention.shared_kv_layers", 0)
+    w.add_uint32(f"{A}.embedding_length_per_layer_input", 0)
+    w.add_float32(f"{A}.rope.freq_base", p.rope_base_full)
+    w.add_float32(f"{A}.rope.freq_base_swa", p.rope_base_swa)
+    w.add_uint32(f"{A}.rope.dimension_count", p.head_dim_full)
+    w.add_uint32(f"{A}.rope.dimension_count_swa", p.head_dim_swa)
+    w.add_float32(f"{A}.final_logit_softcapping", p.softcap)
+    w.add_uint32(f"{A}.expert_count", p.n_expert)
+    w.add_uint32(f"{A}.expert_used_count", p.n_expert_used)
+    w.add_uint32(f"{A}.expert_feed_forward_length", p.n_ff_expert)
+    s = p.sampler
+    w.add_uint32("diffusion.canvas_length", p.canvas_length)
+    w.add_uint32("diffusion.eb_max_steps", s["max_denoising_steps"])
+    w.add_float32("diffusion.eb_t_min", s["t_min"])
+    w.add_float32("diffusion.eb_t_max", s["t_max"])
+    w.add_float32("diffusion.eb_entropy_bound", s["entropy_bound"])
+    w.add_uint32("diffusion.eb_stability_threshold", s["stability_threshold"])
+    w.add_float32("diffusion.eb_confidence_threshold", s["confidence_threshold"])
+
+    v = load_vocab(model_dir, p.n_vocab)
+    w.add_string("tokenizer.ggml.model", "gemma4")
+    w.add_key_value("tokenizer.ggml.tokens", v.tokens, _ARRAY, _STRING)
+    w.add_key_value("tokenizer.ggml.scores", v.scores, _ARRAY, _FLOAT32)
+    w.add_key_value("tokenizer.ggml.token_type", v.types, _ARRAY, _INT32)
+    if v.merges:
+        w.add_key_value("tokenizer.ggml.merges", v.merges, _ARRAY, _STRING)
+    else:
+        logger.warning("tokenizer.json has no merges; the GGUF tokenizer will fall back to bytes")
+    w.add_uint32("tokenizer.ggml.bos_token_id", p.bos_id)
+    w.add_uint32("tokenizer.ggml.eos_token_id", p.eos_id)
+    w.add_uint32("tokenizer.ggml.padding_token_id", p.pad_id)
+    w.add_bool("tokenizer.ggml.add_bos_token", True)
+    w.add_bool("tokenizer.ggml.add_space_prefix", False)
+    if v.chat_template:
+        w.add_string("tokenizer.chat_template", v.chat_template)
+    else:
+        logger.warning("%s: no chat template found (chat_template.jinja or tokenizer_config.json)", model_dir)
+
+
+def _plan(p: ModelParams, refs: dict[str, TensorRef], out: OutType, model_dir: Path) -> list[_Planned]:
+    expected = tensor_map.expected_tensors(p)
+    found: dict[str, TensorRef] = {}
+    unknown: list[str] = []
+    for hf_name, ref in refs.items():
+        try:
+            g = tensor_map.gguf_name(hf_name)
+        except KeyError:
+            unknown.append(hf_name)
+            continue
+        if g is None:
+            continue
+        if g not in expected:
+            raise ConversionError(f"{model_dir}: tensor {hf_name!r} -> {g!r} is not expected by config.json "
+                                  "(a layer beyond num_hidden_layers, or v_proj on a full-attention layer?)")
+        found[g] = ref
+    if unknown:
+        more = f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""
+        raise ConversionError(f"{model_dir}: unrecognised tensors {unknown[:5]}{more}; not a DiffusionGemma "
+                              "checkpoint, or a newer layout than this converter knows")
+    missing = [n for n in expected if n not in found and n != tensor_map.ROPE_FREQS]
+    if missing:
+        more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+        raise ConversionError(f"{model_dir}: missing tensors for {missing[:5]}{more}; the checkpoint is "
+                              "incomplete (re-download it) or does not match config.json")
+    plan: list[_Planned] = []
+    for name, spec in expected.items():
+        ref = found.get(name)
+        if ref is not None and tuple(ref.shape) != spec.shape:
+            raise ConversionError(f"{ref.file}: tensor {ref.name!r} has shape {list(ref.shape)}, expected "
+                                  f"{list(spec.shape)} from config.json")
+        plan.append(_Planned(name, spec.shape, choose_type(name, spec.shape, spec.vector, out), ref))
+    return plan
+
+
+def _pad(f, align: int) -> None:
+    pad = (-f.tell()) % align
+    if pad:
+        f.write(b"\0" * pad)
+
+
+def _write_tensor(f, t: _Planned, data: np.ndarray | None, progress) -> None:
+    qtype = t.qtype
+    if data is not None:  # generated
+        f.write(encode(data.reshape(-1, t.shape[-1]), qtype))
+        progress(int(np.prod(t.shape)))
+        return
+    ref = t.source
+    assert ref is not None
+    ncol = t.shape[-1]
+    rows_per_chunk = max(1, CHUNK_BYTES // (4 * ncol))
+    for r0 in range(0, ref.n_rows, rows_per_chunk):
+        rows = ref.read_f32(r0, r0 + rows_per_chunk)
+        f.write(encode(rows, qtype))
+        progress(rows.size)
+
+
+def convert(model_dir: str | os.PathLike[str], outfile: str | os.PathLike[str] | None = None,
+            outtype: str | OutType = OutType.BF16, *, force: bool = False, progress: bool = False,
+            name: str | None = None) -> Path:
+    """Convert a Hugging Face DiffusionGemma checkpoint directory into a GGUF file and return its path.
+
+    Memory stays bounded by a chunk of rows (CHUNK_BYTES), whatever the model size. The output appears
+    only when complete; an error or interruption leaves no partial file.
+    """
+    model_dir = Path(model_dir)
+    if not model_dir.is_dir():
+        raise ConversionError(f"{model_dir}: not a directory; pass a Hugging Face checkpoint directory")
+    try:
+        out = OutType(outtype)
+    except ValueError as e:
+        raise ConversionError(f"unsupported --outtype {outtype!r}; choose one of "
+                              f"{', '.join(t.value for t in OutType)}") from e
+    p = load_params(model_dir)
+    if outfile is None:
+        outfile = model_dir / f"{model_dir.name}-{out.value.upper()}.gguf"
+    outfile = Path(outfile)
+    if outfile.exists() and not force:
+        raise ConversionError(f"{outfile}: already exists; pass --force to overwrite it")
+    if not outfile.parent.is_dir():
+        raise ConversionError(f"{outfile.parent}: output directory does not exist")
+
+    refs = index_checkpoint(model_dir)
+    plan = _plan(p, refs, out, model_dir)
+    total = sum(int(np.prod(t.shape)) for t in plan)
+
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{outfile.name}.", suffix=".part", dir=outfile.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        w = GGUFWriter(tmp, ARCH)
+        _write_metadata(w, p, out, name or model_dir.name, model_dir)
+        for t in plan:
+            w.add_tensor_info(t.name, t.shape, np.dtype(np.float32), nbytes(t.shape, t.qtype),
+                              raw_dtype=t.qtype)
+        w.write_header_to_file()
+        w.write_kv_data_to_file()
+        w.write_ti_data_to_file()
+        assert w.fout is not None
+        f = w.fout[0]
+        bar = _progress_bar(total, progress)
+        for t in plan:
+            _pad(f, GGUF_DEFAULT_ALIGNMENT)
+            generated = np.asarray(tensor_map.rope_freqs(p), dtype=np.float32) if t.source is None else None
+            _write_tensor(f, t, generated, bar.update)
+        _pad(f, GGUF_DEFAULT_ALIGNMENT)
+        f.flush()
+        os.fsync(f.fileno())
+        w.close()
+        bar.close()
+        if outfile.exists() and not force:  # appeared while we were converting
+            raise ConversionError(f"{outfile}: already exists; pass --force to overwrite it")
+        os.replace(tmp, outfile)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    logger.info("wrote %s (%d tensors, %.1f MiB)", outfile, len(plan), outfile.stat().st_size / 2**20)
+    return outfile
+
+
+class _NoBar:
+    def update(self, n: int) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def _progress_bar(total: int, enabled: bool):
+    if not enabled:
+        return _NoBar()
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="w", unit_scale=True, desc="converting", file=sys.stderr, leave=True)
