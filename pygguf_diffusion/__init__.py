@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from ._core import EngineError
-from .inspect import GGUFInfo, inspect_gguf
+from .gguf_info import GGUFInfo, inspect_gguf
 
 __version__ = "0.1.0"
 

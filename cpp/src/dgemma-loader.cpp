@@ -98,6 +98,10 @@ checked_gguf open_checked_gguf(const std::string & path) {
         li.head_dim = hp.head_dim(il);
         li.has_v = li.sliding;
         li.fused_gate_up = f.find_tensor(fused_gate_up_name(il)) >= 0;
+        if (!li.fused_gate_up && f.find_tensor("blk." + std::to_string(il) + ".ffn_gate_exps.weight") < 0) {
+            throw error(f.where("missing tensor '" + fused_gate_up_name(il) + "' (nor the split ffn_gate_exps/"
+                                "ffn_up_exps form); the file is incomplete or not a DiffusionGemma model"));
+        }
         for (const tensor_spec & spec : layer_tensor_specs(hp, il, li.fused_gate_up)) check_tensor(f, spec, used);
         info.layers.push_back(li);
     }

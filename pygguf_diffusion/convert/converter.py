@@ -167,7 +167,6 @@ def convert(model_dir: str | os.PathLike[str], outfile: str | os.PathLike[str] |
     except ValueError as e:
         raise ConversionError(f"unsupported --outtype {outtype!r}; choose one of "
                               f"{', '.join(t.value for t in OutType)}") from e
-    p = load_params(model_dir)
     if outfile is None:
         outfile = model_dir / f"{model_dir.name}-{out.value.upper()}.gguf"
     outfile = Path(outfile)
@@ -175,6 +174,7 @@ def convert(model_dir: str | os.PathLike[str], outfile: str | os.PathLike[str] |
         raise ConversionError(f"{outfile}: already exists; pass --force to overwrite it")
     if not outfile.parent.is_dir():
         raise ConversionError(f"{outfile.parent}: output directory does not exist")
+    p = load_params(model_dir)
 
     refs = index_checkpoint(model_dir)
     plan = _plan(p, refs, out, model_dir)

@@ -1,0 +1,169 @@
+"""Converter failures: clear messages, non-zero exit codes, and never a partial output file."""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from safetensors.numpy import load_file, save_file
+
+from pygguf_diffusion.convert import ConversionError, convert
+from pygguf_diffusion.convert import converter as converter_mod
+
+
+@pytest.fixture
+def ckpt_copy(checkpoint, tmp_path) -> Path:
+    dst = tmp_path / "ckpt"
+    shutil.copytree(checkpoint("spec9"), dst)
+    return dst
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "pygguf_diffusion.convert.cli", *args], capture_output=True,
+                          text=True, timeout=300)
+
+
+def edit_config(ckpt: Path, fn) -> None:
+    p = ckpt / "config.json"
+    c = json.loads(p.read_text())
+    fn(c)
+    p.write_text(json.dumps(c))
+
+
+def rewrite_weights(ckpt: Path, fn) -> None:
+    p = ckpt / "model.safetensors"
+    tensors = load_file(str(p))
+    fn(tensors)
+    save_file(tensors, str(p))
+
+
+def outputs(d: Path) -> list[str]:
+    return sorted(p.name for p in d.iterdir())
+
+
+def test_not_a_directory(tmp_path):
+    with pytest.raises(ConversionError, match="not a directory"):
+        convert(tmp_path / "nope", tmp_path / "o.gguf")
+
+
+def test_missing_config(tmp_path):
+    (tmp_path / "m").mkdir()
+    with pytest.raises(ConversionError, match=r"config\.json.*missing"):
+        convert(tmp_path / "m", tmp_path / "o.gguf")
+
+
+def test_not_diffusion_gemma(ckpt_copy, tmp_path):
+    edit_config(ckpt_copy, lambda c: c.update(model_type="gemma4", architectures=["Gemma4ForCausalLM"]))
+    with pytest.raises(ConversionError, match="not a DiffusionGemma checkpoint"):
+        convert(ckpt_copy, tmp_path / "o.gguf")
+
+
+def test_missing_tensor(ckpt_copy, tmp_path):
+    rewrite_weights(ckpt_copy, lambda t: t.pop("model.decoder.layers.3.router.scale"))
+    with pytest.raises(ConversionError, match=r"missing tensors.*blk\.3\.ffn_gate_inp\.scale"):
+        convert(ckpt_copy, tmp_path / "o.gguf")
+
+
+def test_missing_encoder_layer_scalar(ckpt_copy, tmp_path):
+    rewrite_weights(ckpt_copy, lambda t: t.pop("model.encoder.language_model.layers.2.layer_scalar"))
+    with pytest.raises(ConversionError, match=r"blk\.2\.enc_layer_output_scale"):
+        convert(ckpt_copy, tmp_path / "o.gguf")
+
+
+def test_v_proj_on_full_layer_is_rejected(ckpt_copy, tmp_path):
+    import numpy as np
+
+    rewrite_weights(ckpt_copy, lambda t: t.update({"model.decoder.layers.5.self_attn.v_proj.weight":
+                                                   np.zeros((32, 80), np.float32)}))
+    with pytest.raises(ConversionError, match="not expected by config.json"):
+        convert(ckpt_copy, tmp_path / "o.gguf")
+
+
+def test_shape_mismatch(ckpt_copy, tmp_path):
+    edit_config(ckpt_copy, lambda c: c["text_config"].update(intermediate_size=64))
+    with pytest.raises(ConversionError, match=r"has shape \[96, 80\], expected \[64, 80\]"):
+        convert(ckpt_copy, tmp_path / "o.gguf")
+
+
+def test_unsupported_dtype(ckpt_copy, tmp_path):
+    import numpy as np
+
+    rewrite_weights(ckpt_copy, lambda t: t.update({"model.decoder.norm.weight": np.arange(80, dtype=np.int64)}))
+    with pytest.raises(ConversionError, match="dtype I64"):
+        convert(ckpt_copy, tmp_path / "o.gguf")
+
+
+def test_truncated_shard_leaves_no_output(ckpt_copy, tmp_path):
+    p = ckpt_copy / "model.safetensors"
+    data = p.read_bytes()
+    p.write_bytes(data[: len(data) - 1000])
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    with pytest.raises(ConversionError, match="truncated"):
+        convert(ckpt_copy, out_dir / "o.gguf")
+    assert outputs(out_dir) == []
+
+
+def test_interrupted_conversion_leaves_no_partial_file(checkpoint, tmp_path, monkeypatch):
+    calls = {"n": 0}
+    real = converter_mod.encode
+
+    def interrupted(rows, qtype):
+        calls["n"] += 1
+        if calls["n"] == 20:
+            raise KeyboardInterrupt
+        return real(rows, qtype)
+
+    monkeypatch.setattr(converter_mod, "encode", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        convert(checkpoint("spec9"), tmp_path / "o.gguf", "f16")
+    assert calls["n"] == 20
+    assert outputs(tmp_path) == []
+
+
+def test_refuses_to_overwrite_without_force(checkpoint, tmp_path):
+    out = tmp_path / "o.gguf"
+    out.write_bytes(b"precious")
+    with pytest.raises(ConversionError, match="already exists.*--force"):
+        convert(checkpoint("spec9"), out, "f32")
+    assert out.read_bytes() == b"precious"
+    convert(checkpoint("spec9"), out, "f32", force=True)
+    assert out.read_bytes()[:4] == b"GGUF"
+
+
+def test_bad_outtype(checkpoint, tmp_path):
+    with pytest.raises(ConversionError, match="unsupported --outtype 'q3_x'"):
+        convert(checkpoint("spec9"), tmp_path / "o.gguf", "q3_x")
+
+
+def test_cli_success_and_errors(checkpoint, tmp_path):
+    out = tmp_path / "m.gguf"
+    ok = run_cli(str(checkpoint("explicit")), "--outfile", str(out), "--outtype", "q8_0")
+    assert ok.returncode == 0, ok.stderr
+    assert ok.stdout.strip() == str(out)
+    assert out.read_bytes()[:4] == b"GGUF"
+
+    again = run_cli(str(checkpoint("explicit")), "--outfile", str(out))
+    assert again.returncode == 1
+    last = again.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: cannot convert:") and "--force" in last
+
+    missing = run_cli(str(tmp_path / "nowhere"), "--outfile", str(tmp_path / "x.gguf"))
+    assert missing.returncode == 1
+    assert "error: cannot convert:" in missing.stderr and "not a directory" in missing.stderr
+    assert "Traceback" not in missing.stderr
+
+    bad_type = run_cli(str(checkpoint("explicit")), "--outtype", "q4_k")
+    assert bad_type.returncode == 2 and "invalid choice" in bad_type.stderr
+
+
+def test_root_script_is_the_same_command(checkpoint, tmp_path):
+    script = Path(__file__).resolve().parents[1] / "convert_hf_to_gguf.py"
+    out = tmp_path / "s.gguf"
+    r = subprocess.run([sys.executable, str(script), str(checkpoint("explicit")), "--outfile", str(out),
+                        "--outtype", "f16"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert out.read_bytes()[:4] == b"GGUF"
