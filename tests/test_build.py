@@ -1,0 +1,93 @@
+"""The pinned ggml fetch (cmake/FetchGGML.cmake) verifies the archive's sha256 before using it."""
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+import subprocess
+import tarfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "cmake" / "fetch_ggml.cmake"
+PIN = (ROOT / "cmake" / "ggml_pin.cmake").read_text()
+SHA = re.search(r'DGEMMA_GGML_DIST_SHA256\s+"([0-9a-f]{64})"', PIN).group(1)
+FILE = re.search(r'DGEMMA_GGML_DIST_FILE\s+"([^"]+)"', PIN).group(1)
+CMAKE = shutil.which("cmake")
+
+pytestmark = pytest.mark.skipif(CMAKE is None, reason="cmake is not installed")
+
+
+def fetch(tmp_path: Path, *defs: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k not in ("DGEMMA_CACHE_DIR", "XDG_CACHE_HOME")}
+    return subprocess.run([CMAKE, *defs, "-P", str(SCRIPT)], capture_output=True, text=True, timeout=600,
+                          env=env, cwd=tmp_path)
+
+
+def fake_archive(path: Path) -> Path:
+    """A well-formed tarball with the expected layout but the wrong content (so the wrong hash)."""
+    src = path.parent / "fake-src" / "llama_cpp_python-0.3.36" / "vendor" / "llama.cpp" / "ggml"
+    src.mkdir(parents=True)
+    (src / "CMakeLists.txt").write_text("message(FATAL_ERROR \"this tree must never be used\")\n")
+    with tarfile.open(path, "w:gz") as tar:
+        tar.add(path.parent / "fake-src" / "llama_cpp_python-0.3.36", arcname="llama_cpp_python-0.3.36")
+    return path
+
+
+def test_wrong_hash_stops_the_build(tmp_path):
+    archive = fake_archive(tmp_path / FILE)
+    cache = tmp_path / "cache"
+    r = fetch(tmp_path, f"-DDGEMMA_GGML_SDIST={archive}", f"-DDGEMMA_GGML_CACHE_DIR={cache}")
+    assert r.returncode != 0
+    out = r.stdout + r.stderr
+    assert "ggml source archive failed verification" in out
+    assert hashlib.sha256(archive.read_bytes()).hexdigest() in out and SHA in out
+    # nothing was extracted from the rejected archive
+    assert not any(cache.glob("ggml-*/ggml/CMakeLists.txt")) if cache.exists() else True
+
+
+def test_tampered_cached_download_is_not_trusted(tmp_path):
+    """A corrupt archive in the download cache is discarded, never extracted: with the package index out of
+    reach (no pip index), the fetch must fail rather than build from it."""
+    cache = tmp_path / "cache"
+    (cache / "downloads").mkdir(parents=True)
+    fake_archive(cache / "downloads" / FILE)
+    env_python = tmp_path / "nopython"
+    env_python.write_text("#!/bin/sh\nexit 3\n")
+    env_python.chmod(0o755)
+    r = fetch(tmp_path, f"-DDGEMMA_GGML_CACHE_DIR={cache}", f"-DPython_EXECUTABLE={env_python}")
+    out = r.stdout + r.stderr
+    assert r.returncode != 0
+    assert "wrong hash" in out and "cannot download ggml" in out
+    assert not (cache / "downloads" / FILE).exists()
+    assert not any(cache.glob("ggml-*/ggml/CMakeLists.txt"))
+
+
+def _genuine_archive() -> Path | None:
+    for base in (os.environ.get("DGEMMA_CACHE_DIR"), os.environ.get("XDG_CACHE_HOME") and
+                 os.path.join(os.environ["XDG_CACHE_HOME"], "pygguf_diffusion"),
+                 os.path.expanduser("~/.cache/pygguf_diffusion")):
+        if base and (Path(base) / "downloads" / FILE).exists():
+            return Path(base) / "downloads" / FILE
+    return None
+
+
+def test_genuine_archive_verifies_and_extracts_only_ggml(tmp_path):
+    archive = _genuine_archive()
+    if archive is None:
+        pytest.skip("the build did not download the pinned archive (built from DGEMMA_GGML_SOURCE_DIR)")
+    assert hashlib.sha256(archive.read_bytes()).hexdigest() == SHA
+    cache = tmp_path / "cache"
+    r = fetch(tmp_path, f"-DDGEMMA_GGML_SDIST={archive}", f"-DDGEMMA_GGML_CACHE_DIR={cache}")
+    assert r.returncode == 0, r.stderr
+    tree = Path(re.search(r"DGEMMA_GGML_DIR=(.+)", r.stdout + r.stderr).group(1).strip())
+    assert (tree / "include" / "ggml.h").exists() and (tree / "include" / "gguf.h").exists()
+    assert (tree.parent / ".dgemma-verified").read_text().strip() == SHA
+    # only the ggml subtree: no llama.cpp sources beside it
+    assert sorted(p.name for p in tree.parent.iterdir()) == [".dgemma-verified", "ggml"]
+    # a second run uses the verified cache
+    again = fetch(tmp_path, f"-DDGEMMA_GGML_CACHE_DIR={cache}")
+    assert again.returncode == 0 and "using cached ggml source" in again.stdout + again.stderr
