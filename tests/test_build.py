@@ -91,3 +91,41 @@ def test_genuine_archive_verifies_and_extracts_only_ggml(tmp_path):
     # a second run uses the verified cache
     again = fetch(tmp_path, f"-DDGEMMA_GGML_CACHE_DIR={cache}")
     assert again.returncode == 0 and "using cached ggml source" in again.stdout + again.stderr
+
+
+def configure(tmp_path: Path, *defs: str) -> subprocess.CompletedProcess:
+    return subprocess.run([CMAKE, "-S", str(ROOT), "-B", str(tmp_path / "build"), "-DDGEMMA_BUILD_PYTHON=OFF",
+                           *defs], capture_output=True, text=True, timeout=600)
+
+
+def test_source_dir_option_configures_against_that_tree(tmp_path):
+    archive = _genuine_archive()
+    if archive is None:
+        pytest.skip("the build did not download the pinned archive")
+    r = fetch(tmp_path, f"-DDGEMMA_GGML_SDIST={archive}", f"-DDGEMMA_GGML_CACHE_DIR={tmp_path / 'cache'}")
+    tree = re.search(r"DGEMMA_GGML_DIR=(.+)", r.stdout + r.stderr).group(1).strip()
+    c = configure(tmp_path, f"-DDGEMMA_GGML_SOURCE_DIR={tree}")
+    assert c.returncode == 0, c.stdout[-2000:] + c.stderr[-2000:]
+    cache = (tmp_path / "build" / "CMakeCache.txt").read_text()
+    assert f"DGEMMA_GGML_SOURCE_DIR:PATH={tree}" in cache
+    assert "downloading" not in c.stdout  # no fetch when a tree is given
+    # GGML_* options pass through: our defaults only where the user said nothing
+    assert "GGML_LLAMAFILE:BOOL=ON" in cache
+
+
+def test_user_ggml_options_win_over_our_defaults(tmp_path):
+    archive = _genuine_archive()
+    if archive is None:
+        pytest.skip("the build did not download the pinned archive")
+    r = fetch(tmp_path, f"-DDGEMMA_GGML_SDIST={archive}", f"-DDGEMMA_GGML_CACHE_DIR={tmp_path / 'cache'}")
+    tree = re.search(r"DGEMMA_GGML_DIR=(.+)", r.stdout + r.stderr).group(1).strip()
+    c = configure(tmp_path, f"-DDGEMMA_GGML_SOURCE_DIR={tree}", "-DGGML_LLAMAFILE=OFF", "-DGGML_NATIVE=OFF")
+    assert c.returncode == 0, c.stderr[-2000:]
+    cache = (tmp_path / "build" / "CMakeCache.txt").read_text()
+    assert "GGML_LLAMAFILE:BOOL=OFF" in cache and "GGML_NATIVE:BOOL=OFF" in cache
+
+
+def test_bad_source_dir_is_a_clear_error(tmp_path):
+    c = configure(tmp_path, f"-DDGEMMA_GGML_SOURCE_DIR={tmp_path / 'nowhere'}")
+    assert c.returncode != 0
+    assert "error: ggml source tree not found" in c.stderr
