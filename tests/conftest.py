@@ -8,7 +8,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-import tiny_checkpoint  # noqa: E402
+import tiny_checkpoint
 
 
 @pytest.fixture(scope="session")

@@ -98,12 +98,18 @@ def configure(tmp_path: Path, *defs: str) -> subprocess.CompletedProcess:
                            *defs], capture_output=True, text=True, timeout=600)
 
 
-def test_source_dir_option_configures_against_that_tree(tmp_path):
+def fetched_tree(tmp_path: Path) -> str:
+    """The pinned ggml tree, extracted from the archive the build downloaded (skips when there is none)."""
     archive = _genuine_archive()
     if archive is None:
         pytest.skip("the build did not download the pinned archive")
     r = fetch(tmp_path, f"-DDGEMMA_GGML_SDIST={archive}", f"-DDGEMMA_GGML_CACHE_DIR={tmp_path / 'cache'}")
-    tree = re.search(r"DGEMMA_GGML_DIR=(.+)", r.stdout + r.stderr).group(1).strip()
+    assert r.returncode == 0, r.stderr
+    return re.search(r"DGEMMA_GGML_DIR=(.+)", r.stdout + r.stderr).group(1).strip()
+
+
+def test_source_dir_option_configures_against_that_tree(tmp_path):
+    tree = fetched_tree(tmp_path)
     c = configure(tmp_path, f"-DDGEMMA_GGML_SOURCE_DIR={tree}")
     assert c.returncode == 0, c.stdout[-2000:] + c.stderr[-2000:]
     cache = (tmp_path / "build" / "CMakeCache.txt").read_text()
@@ -114,11 +120,7 @@ def test_source_dir_option_configures_against_that_tree(tmp_path):
 
 
 def test_user_ggml_options_win_over_our_defaults(tmp_path):
-    archive = _genuine_archive()
-    if archive is None:
-        pytest.skip("the build did not download the pinned archive")
-    r = fetch(tmp_path, f"-DDGEMMA_GGML_SDIST={archive}", f"-DDGEMMA_GGML_CACHE_DIR={tmp_path / 'cache'}")
-    tree = re.search(r"DGEMMA_GGML_DIR=(.+)", r.stdout + r.stderr).group(1).strip()
+    tree = fetched_tree(tmp_path)
     c = configure(tmp_path, f"-DDGEMMA_GGML_SOURCE_DIR={tree}", "-DGGML_LLAMAFILE=OFF", "-DGGML_NATIVE=OFF")
     assert c.returncode == 0, c.stderr[-2000:]
     cache = (tmp_path / "build" / "CMakeCache.txt").read_text()

@@ -8,11 +8,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import tiny_checkpoint
 from gguf import GGMLQuantizationType as Q
 from gguf import GGUFReader, TokenType
 from gguf.quants import dequantize
-
-import tiny_checkpoint
 
 A = "diffusion-gemma"
 NAMES = list(tiny_checkpoint.SPECS)

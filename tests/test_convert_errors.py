@@ -167,3 +167,16 @@ def test_root_script_is_the_same_command(checkpoint, tmp_path):
                         "--outtype", "f16"], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     assert out.read_bytes()[:4] == b"GGUF"
+
+
+def test_missing_tokenizer(ckpt_copy, tmp_path):
+    (ckpt_copy / "tokenizer.json").unlink()
+    with pytest.raises(ConversionError, match=r"tokenizer\.json: missing tokenizer"):
+        convert(ckpt_copy, tmp_path / "o.gguf")
+    assert outputs(tmp_path) == ["ckpt"]
+
+
+def test_unreadable_config(ckpt_copy, tmp_path):
+    (ckpt_copy / "config.json").write_text("{not json")
+    with pytest.raises(ConversionError, match=r"config\.json: cannot read config\.json"):
+        convert(ckpt_copy, tmp_path / "o.gguf")

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from gguf import GGUFReader, GGUFValueType
-
 import tiny_checkpoint
+from gguf import GGUFReader, GGUFValueType
 from gguf_edit import rewrite
+
 from pygguf_diffusion import EngineError, inspect_gguf
 
 A = "diffusion-gemma"

@@ -6,4 +6,4 @@ from .gguf_info import GGUFInfo, inspect_gguf
 
 __version__ = "0.1.0"
 
-__all__ = ["EngineError", "GGUFInfo", "inspect_gguf", "__version__"]
+__all__ = ["EngineError", "GGUFInfo", "__version__", "inspect_gguf"]

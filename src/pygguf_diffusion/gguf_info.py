@@ -126,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     print(info.summary())
     if args.tensors:
         for t in info.tensors:
-            print(f"  {t.name:40s} {t.type:6s} {str(list(t.shape)):24s} {t.nbytes}")
+            print(f"  {t.name:40s} {t.type:6s} {list(t.shape)!s:24s} {t.nbytes}")
     return 0
 
 

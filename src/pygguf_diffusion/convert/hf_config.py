@@ -2,13 +2,13 @@
 does (SPEC.md §1.2), into the plain numbers the GGUF records."""
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .errors import ConversionError
+from .jsonfile import load_json
 
 logger = logging.getLogger(__name__)
 
@@ -63,18 +63,6 @@ class ModelParams:
         return self.layer_types[il] == "sliding_attention"
 
 
-def _load_json(path: Path, what: str) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError as e:
-        raise ConversionError(f"{path}: missing {what}; is this a Hugging Face checkpoint directory?") from e
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ConversionError(f"{path}: cannot read {what}: {e}") from e
-    if not isinstance(data, dict):
-        raise ConversionError(f"{path}: {what} is not a JSON object")
-    return data
-
-
 def _req(cfg: dict[str, Any], key: str, src: Path) -> Any:
     if cfg.get(key) is None:
         raise ConversionError(f"{src}: text_config has no {key!r}")
@@ -87,7 +75,7 @@ def _first_id(v: Any) -> int:
 
 def load_params(model_dir: Path) -> ModelParams:
     cfg_path = model_dir / "config.json"
-    top = _load_json(cfg_path, "config.json")
+    top = load_json(cfg_path, "config.json")
     archs = top.get("architectures") or []
     if top.get("model_type") != "diffusion_gemma" and "DiffusionGemmaForBlockDiffusion" not in archs:
         raise ConversionError(
@@ -210,7 +198,7 @@ def load_sampler_defaults(model_dir: Path) -> dict[str, Any]:
     if not path.exists():
         logger.warning("%s: absent; writing the reference sampler defaults", path)
         return out
-    gc = _load_json(path, "generation_config.json")
+    gc = load_json(path, "generation_config.json")
     for key in ("max_denoising_steps", "t_min", "t_max", "stability_threshold", "confidence_threshold"):
         if gc.get(key) is not None:
             out[key] = gc[key]

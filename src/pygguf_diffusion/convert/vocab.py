@@ -2,7 +2,6 @@
 GGUF `gemma4` tokenizer form: tokens, scores, token types, merges, special ids."""
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,6 +10,7 @@ from typing import Any
 from gguf import TokenType
 
 from .errors import ConversionError
+from .jsonfile import load_json
 
 _BYTE_TOKEN = re.compile(r"^<0x[0-9A-Fa-f]{2}>$")
 # Gemma-4 control tokens that a chat parser must see in the text: stored USER_DEFINED, as every published
@@ -66,21 +66,13 @@ def _chat_template(model_dir: Path, tok_cfg: dict[str, Any]) -> str | None:
                 return entry.get("template")
     cj = model_dir / "chat_template.json"
     if cj.exists():
-        try:
-            return json.loads(cj.read_text(encoding="utf-8")).get("chat_template")
-        except (OSError, ValueError) as e:
-            raise ConversionError(f"{cj}: unreadable: {e}") from e
+        return load_json(cj, "chat template").get("chat_template")
     return None
 
 
 def load_vocab(model_dir: Path, n_vocab: int) -> Vocab:
     tj_path = model_dir / "tokenizer.json"
-    try:
-        tj = json.loads(tj_path.read_text(encoding="utf-8"))
-    except FileNotFoundError as e:
-        raise ConversionError(f"{tj_path}: missing; the GGUF needs the checkpoint's tokenizer") from e
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ConversionError(f"{tj_path}: unreadable: {e}") from e
+    tj = load_json(tj_path, "tokenizer (the GGUF carries the checkpoint's tokenizer)")
     model = tj.get("model") or {}
     if model.get("type") != "BPE" or not model.get("byte_fallback", False):
         raise ConversionError(f"{tj_path}: expected a BPE tokenizer with byte fallback (Gemma 4), found "
@@ -89,10 +81,7 @@ def load_vocab(model_dir: Path, n_vocab: int) -> Vocab:
     tok_cfg: dict[str, Any] = {}
     tc_path = model_dir / "tokenizer_config.json"
     if tc_path.exists():
-        try:
-            tok_cfg = json.loads(tc_path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise ConversionError(f"{tc_path}: unreadable: {e}") from e
+        tok_cfg = load_json(tc_path, "tokenizer_config.json")
 
     by_id: dict[int, str] = {}
     for text, idx in (model.get("vocab") or {}).items():
