@@ -1,13 +1,19 @@
 // dgemma — a runtime for DiffusionGemma (block text diffusion on a Gemma-4 MoE backbone) on ggml.
 //
-// Usage (what exists today: opening and checking a GGUF):
+// Usage:
 //
 //     #include "dgemma.h"
 //
 //     try {
-//         dgemma::model_info info = dgemma::inspect_gguf("model.gguf");
-//         printf("%s: %d layers, %zu tensors\n", info.architecture.c_str(),
-//                info.hparams.n_layer, info.tensors.size());
+//         dgemma::model_info info = dgemma::inspect_gguf("model.gguf");      // check only, no weights read
+//         auto model = dgemma::load_model("model.gguf", dgemma::model_params{});
+//         dgemma::context ctx(model, dgemma::context_params{});
+//         std::vector<int32_t> prompt = {2, 105, ...};
+//         ctx.encode(prompt.data(), (int32_t) prompt.size());                 // prompt -> KV store
+//         std::vector<int32_t> canvas(ctx.canvas_length(), 0);
+//         std::vector<float> logits((size_t) canvas.size() * info.hp.n_vocab);
+//         dgemma::step_params sp;                                            // first step: no self-cond.
+//         ctx.decode_step(canvas.data(), sp, logits.data());                 // softcapped logits [C][V]
 //     } catch (const dgemma::error & e) {
 //         fprintf(stderr, "%s\n", e.what());   // names the file and the problem
 //     }
@@ -21,6 +27,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <memory>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -119,6 +126,74 @@ struct model_info {
 // Open a GGUF, read its metadata and check every required key and every tensor's presence, type and shape
 // against the DiffusionGemma schema. No tensor data is read. Throws dgemma::error.
 model_info inspect_gguf(const std::string & path);
+
+// ---- loading and running --------------------------------------------------------------------------------
+
+struct model_params {
+    int32_t n_gpu_layers = -1;     // layers whose weights live on the GPU (-1: all, and the globals too)
+    bool    cpu_moe      = false;  // keep expert tensors on the CPU (small GPUs)
+};
+
+struct context_params {
+    int32_t n_ctx     = 4096;      // positions the context can hold: prompt + every canvas
+    int32_t n_batch   = 512;       // prompt tokens per encoder chunk (bounds compute memory)
+    int32_t n_threads = 0;         // CPU threads; 0 = hardware concurrency
+};
+
+class model;    // weights on backends; shared by contexts, immutable after load
+class context_impl;
+
+// Loads and checks a GGUF (as inspect_gguf) and places its weights. On the CPU the weights are used
+// straight from the memory-mapped file. Throws dgemma::error.
+std::shared_ptr<model> load_model(const std::string & path, const model_params & params);
+const model_info & get_model_info(const model & m);
+
+enum class self_cond {
+    none,       // first step of a canvas: no self-conditioning (the post-norm still runs)
+    previous,   // the processed logits of this context's previous step, kept on the device
+    given,      // logits supplied by the caller ([C][V] floats)
+};
+
+struct step_params {
+    self_cond   sc          = self_cond::none;
+    const float * sc_logits = nullptr;   // for self_cond::given: [C][V], already divided by the temperature
+    float       temperature = 1.0f;      // the step's processed logits (kept for `previous`) are logits / T
+};
+
+// One sequence: the prompt KV store and the decoder state. Not thread-safe; one context per thread.
+class context {
+public:
+    context(std::shared_ptr<model> m, const context_params & params);
+    ~context();
+    context(const context &) = delete;
+    context & operator=(const context &) = delete;
+
+    // Encodes tokens causally at positions n_past() .. n_past()+n-1 and appends their K/V to the store.
+    void encode(const int32_t * tokens, int32_t n);
+
+    // One denoising step over a canvas of canvas_length() tokens at positions n_past() .. n_past()+C-1.
+    // The decoder reads the store and never changes what it holds for positions < n_past().
+    // logits_out (nullable): [C][V] softcapped f32 logits.
+    void decode_step(const int32_t * canvas, const step_params & sp, float * logits_out);
+
+    int32_t n_past() const;
+    int32_t n_ctx() const;
+    int32_t canvas_length() const;
+    const model_info & info() const;
+
+    // K (after k_norm + RoPE) and V (after the unweighted norm) of layer il for the stored positions the
+    // decoder can see (full layers: all; sliding layers: the last sliding_window - 1), each [n][n_kv][hd].
+    void read_kv(int il, std::vector<int32_t> & positions, std::vector<float> & k, std::vector<float> & v) const;
+
+    // Drops the stored K/V of positions >= n (multi-turn edits, regenerate).
+    void truncate(int32_t n);
+
+    // Decoder graphs built so far: one per canvas (store length), reused by every step of that canvas.
+    int64_t decoder_graph_builds() const;
+
+private:
+    std::unique_ptr<context_impl> impl_;
+};
 
 // Log sink for the engine and ggml. level: 1 = debug, 2 = info, 3 = warn, 4 = error (ggml's values).
 // Without a callback, warnings and errors go to stderr.

@@ -3,6 +3,7 @@
 // crosses into Python untranslated (pybind11 maps the rest to RuntimeError).
 #include "dgemma.h"
 
+#include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
@@ -10,7 +11,12 @@ namespace py = pybind11;
 
 namespace {
 
-py::object g_log_sink;   // a Python callable (level:int, text:str), or None
+py::object g_log_sink;
+
+// dgemma::model is opaque in the public header; Python holds it through this handle.
+struct model_handle {
+    std::shared_ptr<dgemma::model> m;
+};   // a Python callable (level:int, text:str), or None
 
 void log_to_python(int level, const char * text, void *) {
     py::gil_scoped_acquire gil;
@@ -121,6 +127,89 @@ PYBIND11_MODULE(_core, m) {
         }
         return to_dict(info);
     }, py::arg("path"), "Open a GGUF, check it against the DiffusionGemma schema, return its description.");
+
+    py::class_<model_handle>(m, "Model")
+        .def(py::init([](const std::string & path, int n_gpu_layers, bool cpu_moe) {
+                 dgemma::model_params p;
+                 p.n_gpu_layers = n_gpu_layers;
+                 p.cpu_moe = cpu_moe;
+                 py::gil_scoped_release release;
+                 return model_handle{dgemma::load_model(path, p)};
+             }), py::arg("path"), py::arg("n_gpu_layers") = -1, py::arg("cpu_moe") = false)
+        .def("info", [](const model_handle & h) { return to_dict(dgemma::get_model_info(*h.m)); });
+
+    py::class_<dgemma::context>(m, "Context")
+        .def(py::init([](const model_handle & h, int n_ctx, int n_batch, int n_threads) {
+                 dgemma::context_params p;
+                 p.n_ctx = n_ctx;
+                 p.n_batch = n_batch;
+                 p.n_threads = n_threads;
+                 py::gil_scoped_release release;
+                 return std::make_unique<dgemma::context>(h.m, p);
+             }), py::arg("model"), py::arg("n_ctx") = 4096, py::arg("n_batch") = 512, py::arg("n_threads") = 0)
+        .def("encode", [](dgemma::context & c, py::array_t<int32_t, py::array::c_style | py::array::forcecast> tokens) {
+                 if (tokens.ndim() != 1) throw py::value_error("encode: tokens must be a 1-D array of token ids");
+                 std::vector<int32_t> t(tokens.data(), tokens.data() + tokens.size());
+                 py::gil_scoped_release release;
+                 c.encode(t.data(), (int32_t) t.size());
+             }, py::arg("tokens"), "Encode tokens at the next positions and append their K/V to the store.")
+        .def("decode_step", [](dgemma::context & c, py::array_t<int32_t, py::array::c_style | py::array::forcecast> canvas,
+                               py::object sc, float temperature, bool return_logits) -> py::object {
+                 const int64_t C = c.canvas_length(), V = c.info().hp.n_vocab;
+                 if (canvas.ndim() != 1 || canvas.size() != C) {
+                     throw py::value_error("decode_step: canvas must be a 1-D array of " + std::to_string(C) + " token ids");
+                 }
+                 dgemma::step_params sp;
+                 sp.temperature = temperature;
+                 py::array_t<float, py::array::c_style | py::array::forcecast> given;
+                 if (sc.is_none()) {
+                     sp.sc = dgemma::self_cond::none;
+                 } else if (py::isinstance<py::str>(sc)) {
+                     const std::string s = sc.cast<std::string>();
+                     if (s == "previous") sp.sc = dgemma::self_cond::previous;
+                     else if (s == "none") sp.sc = dgemma::self_cond::none;
+                     else throw py::value_error("decode_step: sc must be None, 'none', 'previous' or a [C, V] array");
+                 } else {
+                     given = py::array_t<float, py::array::c_style | py::array::forcecast>::ensure(sc);
+                     if (!given || given.ndim() != 2 || given.shape(0) != C || given.shape(1) != V) {
+                         throw py::value_error("decode_step: self-conditioning logits must have shape (" +
+                                               std::to_string(C) + ", " + std::to_string(V) + ")");
+                     }
+                     sp.sc = dgemma::self_cond::given;
+                     sp.sc_logits = given.data();
+                 }
+                 std::vector<int32_t> cv(canvas.data(), canvas.data() + C);
+                 py::array_t<float> out;
+                 float * dst = nullptr;
+                 if (return_logits) {
+                     out = py::array_t<float>({C, V});
+                     dst = out.mutable_data();
+                 }
+                 {
+                     py::gil_scoped_release release;
+                     c.decode_step(cv.data(), sp, dst);
+                 }
+                 return return_logits ? py::object(out) : py::object(py::none());
+             }, py::arg("canvas"), py::arg("sc") = py::none(), py::arg("temperature") = 1.0f,
+             py::arg("return_logits") = true,
+             "One denoising step; returns the softcapped logits [C, V]. sc: None (first step), 'previous' "
+             "(this context's previous step, kept on the device) or given processed logits [C, V].")
+        .def("read_kv", [](const dgemma::context & c, int il) {
+                 std::vector<int32_t> pos;
+                 std::vector<float> k, v;
+                 c.read_kv(il, pos, k, v);
+                 const auto & hp = c.info().hp;
+                 const int64_t n = (int64_t) pos.size(), nkv = hp.n_head_kv(il), hd = hp.head_dim(il);
+                 py::array_t<float> K({n, nkv, hd}), Vv({n, nkv, hd});
+                 std::copy(k.begin(), k.end(), K.mutable_data());
+                 std::copy(v.begin(), v.end(), Vv.mutable_data());
+                 return py::make_tuple(py::array_t<int32_t>(n, pos.data()), K, Vv);
+             }, py::arg("layer"), "(positions, K, V) of a layer as the decoder sees them; K, V: [n, n_kv, hd].")
+        .def("truncate", &dgemma::context::truncate, py::arg("n"))
+        .def_property_readonly("n_past", &dgemma::context::n_past)
+        .def_property_readonly("n_ctx", &dgemma::context::n_ctx)
+        .def_property_readonly("canvas_length", &dgemma::context::canvas_length)
+        .def_property_readonly("decoder_graph_builds", &dgemma::context::decoder_graph_builds);
 
     m.def("version", &dgemma::version);
     m.def("ggml_version", &dgemma::ggml_version);

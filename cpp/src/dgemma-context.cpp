@@ -1,0 +1,197 @@
+#include "dgemma-decoder.h"
+#include "dgemma-encoder.h"
+#include "dgemma-kv.h"
+#include "dgemma-log.h"
+#include "dgemma-model.h"
+
+#include "ggml-alloc.h"
+#include "ggml-cpu.h"
+
+#include <algorithm>
+#include <cmath>
+#include <thread>
+
+namespace dgemma {
+
+namespace {
+constexpr int GRAPH_SIZE = 16384;
+
+struct graph_arena {
+    ggml_context * ctx = nullptr;
+    void reset() {
+        if (ctx) ggml_free(ctx);
+        ggml_init_params ip = { ggml_tensor_overhead() * GRAPH_SIZE + ggml_graph_overhead_custom(GRAPH_SIZE, false),
+                                nullptr, true };
+        ctx = ggml_init(ip);
+    }
+    ~graph_arena() { if (ctx) ggml_free(ctx); }
+};
+} // namespace
+
+class context_impl {
+public:
+    context_impl(std::shared_ptr<model> m, const context_params & p)
+        : m_(std::move(m)), p_(p),
+          kv_(*m_, check_ctx(p, *m_), std::max(p.n_batch, m_->info.diffusion.canvas_length)) {
+        if (p_.n_batch < 1) throw error("n_batch must be >= 1, got " + std::to_string(p_.n_batch));
+        n_threads_ = p_.n_threads > 0 ? p_.n_threads : (int) std::max(1u, std::thread::hardware_concurrency());
+        std::vector<ggml_backend_t> backends = m_->backends();
+        sched_ = ggml_backend_sched_new(backends.data(), nullptr, (int) backends.size(), GRAPH_SIZE, false, false);
+        if (!sched_) throw error("cannot create the backend scheduler");
+
+        const int64_t V = m_->info.hp.n_vocab, C = m_->info.diffusion.canvas_length;
+        ggml_init_params ip = { ggml_tensor_overhead() * 2, nullptr, true };
+        sc_ctx_ = ggml_init(ip);
+        sc_state_ = ggml_new_tensor_2d(sc_ctx_, GGML_TYPE_F32, V, C);
+        ggml_set_name(sc_state_, "sc_state");
+        sc_buf_ = ggml_backend_alloc_ctx_tensors(sc_ctx_, m_->backend_globals);
+        if (!sc_buf_) throw error("cannot allocate the self-conditioning state (" + std::to_string(V * C * 4 >> 20) + " MiB)");
+        ggml_backend_buffer_clear(sc_buf_, 0);
+    }
+
+    ~context_impl() {
+        if (sched_) ggml_backend_sched_free(sched_);
+        if (sc_buf_) ggml_backend_buffer_free(sc_buf_);
+        if (sc_ctx_) ggml_free(sc_ctx_);
+    }
+
+    static int32_t check_ctx(const context_params & p, const model & m) {
+        if (p.n_ctx < 1) throw error("n_ctx must be >= 1, got " + std::to_string(p.n_ctx));
+        if (p.n_ctx > m.info.hp.n_ctx_train) {
+            log_msg(LOG_WARN, "n_ctx %d exceeds the model's context_length %d\n", p.n_ctx, m.info.hp.n_ctx_train);
+        }
+        return p.n_ctx;
+    }
+
+    void encode(const int32_t * tokens, int32_t n) {
+        if (n < 0) throw error("encode: negative token count");
+        check_tokens(tokens, n, "encode");
+        if (kv_.n_past() + n > kv_.n_ctx()) {
+            throw error("encode: " + std::to_string(n) + " tokens after " + std::to_string(kv_.n_past()) +
+                        " stored exceed n_ctx " + std::to_string(kv_.n_ctx()) + "; create the context with a larger n_ctx");
+        }
+        for (int32_t i0 = 0; i0 < n; i0 += p_.n_batch) {
+            const int32_t T = std::min(p_.n_batch, n - i0);
+            arena_.reset();
+            graph_builder g{arena_.ctx, *m_};
+            encoder_graph eg = build_encoder(g, kv_, T, GRAPH_SIZE);
+            dec_graph_n_past_ = -1;   // the scheduler's allocation now belongs to this graph
+            alloc(eg.gf);
+            fill_encoder_inputs(eg, kv_, tokens + i0, T, m_->info.hp.sliding_window);
+            compute(eg.gf);
+            kv_.commit(kv_.n_past(), T);
+        }
+    }
+
+    void decode_step(const int32_t * canvas, const step_params & sp, float * logits_out) {
+        const int32_t C = m_->info.diffusion.canvas_length;
+        const int64_t V = m_->info.hp.n_vocab;
+        check_tokens(canvas, C, "decode_step");
+        if (!(sp.temperature > 0.0f) || !std::isfinite(sp.temperature)) {
+            throw error("decode_step: temperature must be a finite number > 0, got " + std::to_string(sp.temperature));
+        }
+        if (kv_.n_past() + C > kv_.n_ctx()) {
+            throw error("decode_step: a canvas of " + std::to_string(C) + " after " + std::to_string(kv_.n_past()) +
+                        " stored positions exceeds n_ctx " + std::to_string(kv_.n_ctx()) + "; use a larger n_ctx");
+        }
+        if (sp.sc == self_cond::given && !sp.sc_logits) throw error("decode_step: self_cond::given without logits");
+        if (dec_graph_n_past_ != kv_.n_past()) have_previous_ = false;   // a new canvas
+        if (sp.sc == self_cond::previous && !have_previous_) {
+            throw error("decode_step: no previous step to self-condition on");
+        }
+        // built and allocated once per canvas (per store length), reused for every step of it
+        if (dec_graph_n_past_ != kv_.n_past()) {
+            dec_arena_.reset();
+            graph_builder g{dec_arena_.ctx, *m_};
+            dec_ = build_decoder(g, kv_, sc_state_, C, GRAPH_SIZE);
+            alloc(dec_.gf);
+            dec_graph_n_past_ = kv_.n_past();
+            ++dec_builds_;
+        }
+        if (sp.sc == self_cond::given) ggml_backend_tensor_set(sc_state_, sp.sc_logits, 0, sizeof(float) * V * C);
+        fill_decoder_inputs(dec_, kv_, canvas, C, sp.temperature, sp.sc != self_cond::none);
+        compute(dec_.gf);
+        have_previous_ = true;
+        if (logits_out) ggml_backend_tensor_get(dec_.logits, logits_out, 0, sizeof(float) * V * C);
+    }
+
+    void read_kv(int il, std::vector<int32_t> & positions, std::vector<float> & k, std::vector<float> & v) const {
+        const hparams & hp = m_->info.hp;
+        if (il < 0 || il >= hp.n_layer) throw error("read_kv: layer " + std::to_string(il) + " out of range");
+        const int32_t P = kv_.n_past();
+        const int32_t first = hp.is_swa(il) ? std::max(0, P - kv_.window()) : 0;
+        const size_t row = (size_t) hp.head_dim(il) * hp.n_head_kv(il);
+        positions.clear();
+        k.assign((size_t) (P - first) * row, 0.0f);
+        v.assign((size_t) (P - first) * row, 0.0f);
+        for (int32_t p = first; p < P; p++) {
+            const size_t s = (size_t) kv_.slot(il, p), i = (size_t) (p - first);
+            ggml_backend_tensor_get(kv_.k(il), &k[i * row], s * row * sizeof(float), row * sizeof(float));
+            ggml_backend_tensor_get(kv_.v(il), &v[i * row], s * row * sizeof(float), row * sizeof(float));
+            positions.push_back(p);
+        }
+    }
+
+    void truncate(int32_t n) { kv_.truncate(n); }
+
+    const model_info & info() const { return m_->info; }
+    int32_t n_past() const { return kv_.n_past(); }
+    int32_t n_ctx() const { return kv_.n_ctx(); }
+
+private:
+    void check_tokens(const int32_t * t, int32_t n, const char * what) const {
+        const int32_t V = m_->info.hp.n_vocab;
+        if (n > 0 && !t) throw error(std::string(what) + ": null token array");
+        for (int32_t i = 0; i < n; i++) {
+            if (t[i] < 0 || t[i] >= V) {
+                throw error(std::string(what) + ": token id " + std::to_string(t[i]) + " at index " +
+                            std::to_string(i) + " is outside the vocabulary [0, " + std::to_string(V) + ")");
+            }
+        }
+    }
+
+    void alloc(ggml_cgraph * gf) {
+        ggml_backend_sched_reset(sched_);
+        if (!ggml_backend_sched_alloc_graph(sched_, gf)) throw error("cannot allocate the compute graph (out of memory?)");
+    }
+
+    void compute(ggml_cgraph * gf) {
+        ggml_backend_cpu_set_n_threads(m_->backend_cpu, n_threads_);
+        if (ggml_backend_sched_graph_compute(sched_, gf) != GGML_STATUS_SUCCESS) throw error("graph computation failed");
+    }
+
+    std::shared_ptr<model> m_;
+    context_params p_;
+    kv_store kv_;
+    int n_threads_ = 1;
+    ggml_backend_sched_t sched_ = nullptr;
+    ggml_context * sc_ctx_ = nullptr;
+    ggml_tensor * sc_state_ = nullptr;
+    ggml_backend_buffer_t sc_buf_ = nullptr;
+    graph_arena arena_, dec_arena_;
+    decoder_graph dec_;
+    int32_t dec_graph_n_past_ = -1;
+    bool have_previous_ = false;     // sc_state holds this canvas's previous processed logits
+
+public:
+    int64_t dec_builds_ = 0;         // decoder graphs built so far (graph reuse is observable)
+};
+
+context::context(std::shared_ptr<model> m, const context_params & params)
+    : impl_(std::make_unique<context_impl>(std::move(m), params)) {}
+context::~context() = default;
+void context::encode(const int32_t * tokens, int32_t n) { impl_->encode(tokens, n); }
+void context::decode_step(const int32_t * canvas, const step_params & sp, float * logits_out) {
+    impl_->decode_step(canvas, sp, logits_out);
+}
+int32_t context::n_past() const { return impl_->n_past(); }
+int32_t context::n_ctx() const { return impl_->n_ctx(); }
+int32_t context::canvas_length() const { return impl_->info().diffusion.canvas_length; }
+const model_info & context::info() const { return impl_->info(); }
+void context::read_kv(int il, std::vector<int32_t> & positions, std::vector<float> & k, std::vector<float> & v) const {
+    impl_->read_kv(il, positions, k, v);
+}
+void context::truncate(int32_t n) { impl_->truncate(n); }
+int64_t context::decoder_graph_builds() const { return impl_->dec_builds_; }
+
+} // namespace dgemma

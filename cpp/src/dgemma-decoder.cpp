@@ -1,0 +1,104 @@
+#include "dgemma-decoder.h"
+
+#include <cmath>
+#include <vector>
+
+namespace dgemma {
+
+decoder_graph build_decoder(const graph_builder & g, const kv_store & kv, ggml_tensor * sc_state, int32_t C,
+                            int graph_size) {
+    ggml_context * ctx = g.ctx;
+    const hparams & hp = g.hp();
+    const model & m = g.m;
+    const int32_t P = kv.n_past();
+    decoder_graph dg;
+    dg.n_past = P;
+    dg.gf = ggml_new_graph_custom(ctx, graph_size, false);
+
+    dg.tokens = g.name(ggml_new_tensor_1d(ctx, GGML_TYPE_I32, C), "dec_tokens");
+    dg.pos = g.name(ggml_new_tensor_1d(ctx, GGML_TYPE_I32, C), "dec_pos");
+    dg.slots_full = g.name(ggml_new_tensor_1d(ctx, GGML_TYPE_I64, C), "dec_slots_full");
+    dg.slots_swa = g.name(ggml_new_tensor_1d(ctx, GGML_TYPE_I64, C), "dec_slots_swa");
+    dg.mask_swa = g.name(ggml_new_tensor_2d(ctx, GGML_TYPE_F16, kv.ring(), C), "dec_mask_swa");
+    dg.temperature = g.name(ggml_new_tensor_1d(ctx, GGML_TYPE_F32, 1), "temperature");
+    dg.sc_on = g.name(ggml_new_tensor_1d(ctx, GGML_TYPE_F32, 1), "sc_on");
+    for (ggml_tensor * t : {dg.tokens, dg.pos, dg.slots_full, dg.slots_swa, dg.mask_swa, dg.temperature, dg.sc_on}) {
+        ggml_set_input(t);
+    }
+
+    // --- input embedding with self-conditioning (SPEC §5.1)
+    ggml_tensor * e = ggml_scale(ctx, ggml_get_rows(ctx, m.tok_embd, dg.tokens), m.embd_scale);
+    // soft = softmax(S) @ E * s, as a matmul against the transposed embedding; times 0 on a canvas's first
+    // step (S is then a finite placeholder, so 0 * soft is exactly 0 and the SC MLP yields exactly 0)
+    ggml_tensor * probs = ggml_soft_max(ctx, sc_state);                                   // [V, C]
+    ggml_tensor * soft = ggml_mul_mat(ctx, m.tok_embd_t, probs);                          // [H, C]
+    soft = ggml_mul(ctx, ggml_scale(ctx, soft, m.embd_scale), dg.sc_on);
+    ggml_tensor * sc = g.mlp(g.rms(soft, m.sc_pre_norm), m.sc_gate, m.sc_up, m.sc_down);
+    // the unweighted post-norm runs on every step, the first included
+    ggml_tensor * x = g.name(g.rms(ggml_add(ctx, e, g.name(sc, "sc_out")), nullptr), "dec_in");
+
+    for (int il = 0; il < hp.n_layer; il++) {
+        const bool swa = hp.is_swa(il);
+        const layer_weights & L = m.layers[il];
+        graph_builder::qkv a = g.attn_qkv(g.rms(x, L.attn_norm), il, dg.pos);
+        // canvas K/V go to the slots of positions P..P+C-1: free space, never a stored position (kv_store)
+        const int64_t row = a.k->ne[0] * a.k->ne[1];
+        ggml_tensor * rows = swa ? dg.slots_swa : dg.slots_full;
+        ggml_tensor * ks = ggml_set_rows(ctx, kv.k(il), ggml_reshape_2d(ctx, a.k, row, C), rows);
+        ggml_tensor * vs = ggml_set_rows(ctx, kv.v(il), ggml_reshape_2d(ctx, a.v, row, C), rows);
+        // full layers: every stored position and the canvas, no mask. Sliding layers: the ring, whose mask
+        // shows the last sliding_window - 1 stored positions and the canvas with no per-query window.
+        const int64_t n_kv = swa ? kv.ring() : P + C;
+        ggml_tensor * attn = g.attn_out(a.q, g.kv_view(ks, il, 0, n_kv), g.kv_view(vs, il, 0, n_kv),
+                                        swa ? dg.mask_swa : nullptr, il);
+        x = g.layer_tail(x, attn, il, L.dec_scale);
+    }
+
+    x = g.name(g.rms(x, m.output_norm), "dec_norm");
+    ggml_tensor * logits = ggml_mul_mat(ctx, m.tok_embd, x);                              // tied lm_head
+    const float cap = hp.logit_softcap;
+    if (cap > 0.0f) {
+        logits = ggml_scale(ctx, ggml_tanh(ctx, ggml_scale(ctx, logits, 1.0f / cap)), cap);
+    }
+    dg.logits = g.name(logits, "logits");
+    ggml_set_output(dg.logits);
+    ggml_build_forward_expand(dg.gf, dg.logits);
+    // the processed logits stay on the device as the next step's self-conditioning input
+    ggml_tensor * processed = ggml_div(ctx, dg.logits, dg.temperature);
+    ggml_build_forward_expand(dg.gf, ggml_cpy(ctx, processed, sc_state));
+    return dg;
+}
+
+void fill_decoder_inputs(const decoder_graph & dg, const kv_store & kv, const int32_t * canvas, int32_t C,
+                         float temperature, bool sc_on) {
+    const int32_t P = kv.n_past(), R = kv.ring(), W = kv.window();
+    std::vector<int32_t> pos(C);
+    std::vector<int64_t> sf(C), ss(C);
+    for (int32_t i = 0; i < C; i++) {
+        pos[i] = P + i;
+        sf[i] = P + i;
+        ss[i] = (P + i) % R;
+    }
+    set_input(dg.tokens, canvas, sizeof(int32_t) * C);
+    set_input(dg.pos, pos.data(), sizeof(int32_t) * C);
+    set_input(dg.slots_full, sf.data(), sizeof(int64_t) * C);
+    set_input(dg.slots_swa, ss.data(), sizeof(int64_t) * C);
+    set_input(dg.temperature, &temperature, sizeof(float));
+    const float on = sc_on ? 1.0f : 0.0f;
+    set_input(dg.sc_on, &on, sizeof(float));
+    if (dg.mask_swa && dg.mask_swa->buffer) {
+        const ggml_fp16_t zero = ggml_fp32_to_fp16(0.0f), ninf = ggml_fp32_to_fp16(-INFINITY);
+        std::vector<ggml_fp16_t> row(R);
+        for (int32_t s = 0; s < R; s++) {
+            const int32_t ps = kv.ring_pos(s);
+            // reference (DynamicCache): the decoder sees the last min(P, sw - 1) stored positions
+            row[s] = (ps >= 0 && ps < P && ps >= P - W) ? zero : ninf;
+        }
+        for (int32_t i = 0; i < C; i++) row[(P + i) % R] = zero;
+        std::vector<ggml_fp16_t> m((size_t) R * C);
+        for (int32_t i = 0; i < C; i++) std::copy(row.begin(), row.end(), m.begin() + (size_t) i * R);
+        set_input(dg.mask_swa, m.data(), m.size() * sizeof(ggml_fp16_t));
+    }
+}
+
+} // namespace dgemma

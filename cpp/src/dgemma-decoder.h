@@ -1,0 +1,30 @@
+// Decoder: one denoising step over the canvas, attending without a mask to the visible stored K/V and
+// to the canvas itself, with self-conditioning from the previous step's processed logits.
+#pragma once
+
+#include "dgemma-graph.h"
+#include "dgemma-kv.h"
+
+namespace dgemma {
+
+struct decoder_graph {
+    ggml_cgraph * gf = nullptr;
+    int32_t n_past = -1;                 // the store length this graph was built for
+    ggml_tensor * tokens = nullptr;      // I32 [C]
+    ggml_tensor * pos = nullptr;         // I32 [C]
+    ggml_tensor * slots_full = nullptr;  // I64 [C]
+    ggml_tensor * slots_swa = nullptr;   // I64 [C]
+    ggml_tensor * mask_swa = nullptr;    // F16 [R, C]: the visible window + the canvas; stale ring slots hidden
+    ggml_tensor * temperature = nullptr; // F32 [1]
+    ggml_tensor * sc_on = nullptr;       // F32 [1]: 1 = self-conditioning from sc_state, 0 = none
+    ggml_tensor * logits = nullptr;      // F32 [V, C] softcapped
+};
+
+// sc_state: F32 [V, C] persistent tensor holding the previous step's processed logits; the graph reads it
+// for self-conditioning and overwrites it with this step's logits / temperature.
+decoder_graph build_decoder(const graph_builder & g, const kv_store & kv, ggml_tensor * sc_state, int32_t C,
+                            int graph_size);
+void fill_decoder_inputs(const decoder_graph & dg, const kv_store & kv, const int32_t * canvas, int32_t C,
+                         float temperature, bool sc_on);
+
+} // namespace dgemma

@@ -1,0 +1,129 @@
+#include "dgemma-graph.h"
+
+#include <cmath>
+
+namespace dgemma {
+
+void set_input(ggml_tensor * t, const void * data, size_t nbytes) {
+    if (t && t->buffer) ggml_backend_tensor_set(t, data, 0, nbytes);
+}
+
+ggml_tensor * graph_builder::name(ggml_tensor * t, const char * what, int il) const {
+    if (il >= 0) ggml_format_name(t, "%s-%d", what, il);
+    else ggml_set_name(t, what);
+    return t;
+}
+
+ggml_tensor * graph_builder::rms(ggml_tensor * x, ggml_tensor * w) const {
+    ggml_tensor * y = ggml_rms_norm(ctx, x, hp().rms_eps);
+    return w ? ggml_mul(ctx, y, w) : y;
+}
+
+ggml_tensor * graph_builder::gelu_tanh(ggml_tensor * x) const {
+    // 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))
+    const float c = std::sqrt(2.0f / (float) M_PI);
+    ggml_tensor * x3 = ggml_mul(ctx, ggml_sqr(ctx, x), x);
+    ggml_tensor * inner = ggml_add(ctx, x, ggml_scale(ctx, x3, 0.044715f));
+    ggml_tensor * t = ggml_tanh(ctx, ggml_scale(ctx, inner, c));
+    return ggml_mul(ctx, x, ggml_scale_bias(ctx, t, 0.5f, 0.5f));
+}
+
+ggml_tensor * graph_builder::mlp(ggml_tensor * x, ggml_tensor * wg, ggml_tensor * wu, ggml_tensor * wd) const {
+    ggml_tensor * g = gelu_tanh(ggml_mul_mat(ctx, wg, x));
+    ggml_tensor * u = ggml_mul_mat(ctx, wu, x);
+    return ggml_mul_mat(ctx, wd, ggml_mul(ctx, g, u));
+}
+
+graph_builder::qkv graph_builder::attn_qkv(ggml_tensor * h, int il, ggml_tensor * pos) const {
+    const layer_weights & L = m.layers[il];
+    const int64_t T = h->ne[1], hd = hp().head_dim(il), nH = hp().n_head, nKV = hp().n_head_kv(il);
+    const bool swa = hp().is_swa(il);
+
+    ggml_tensor * q = ggml_reshape_3d(ctx, ggml_mul_mat(ctx, L.wq, h), hd, nH, T);
+    ggml_tensor * kr = ggml_reshape_3d(ctx, ggml_mul_mat(ctx, L.wk, h), hd, nKV, T);
+    // full layers have no V projection: V is the raw K projection (before k_norm and RoPE)
+    ggml_tensor * vr = swa ? ggml_reshape_3d(ctx, ggml_mul_mat(ctx, L.wv, h), hd, nKV, T) : kr;
+
+    q = rms(q, L.q_norm);
+    ggml_tensor * k = rms(kr, L.k_norm);
+    ggml_tensor * v = rms(vr, nullptr);
+
+    // NEOX pairs (j, j + hd/2). Full layers: proportional RoPE = rotation over the whole head with the
+    // frequencies of the non-rotating pairs divided by 1e30 (rope_freqs).
+    const int n_dims = swa ? hp().n_rot_swa : hp().n_rot_full;
+    const float base = swa ? hp().rope_base_swa : hp().rope_base_full;
+    ggml_tensor * ff = swa ? nullptr : m.rope_freqs;
+    q = ggml_rope_ext(ctx, q, pos, ff, n_dims, GGML_ROPE_TYPE_NEOX, 0, base, 1.0f, 0.0f, 1.0f, 0.0f, 0.0f);
+    k = ggml_rope_ext(ctx, k, pos, ff, n_dims, GGML_ROPE_TYPE_NEOX, 0, base, 1.0f, 0.0f, 1.0f, 0.0f, 0.0f);
+    return {name(q, "q", il), name(k, "k", il), name(v, "v", il)};
+}
+
+ggml_tensor * graph_builder::kv_view(ggml_tensor * store, int il, int64_t s0, int64_t n) const {
+    const int64_t hd = hp().head_dim(il), nKV = hp().n_head_kv(il);
+    return ggml_view_3d(ctx, store, hd, n, nKV, store->nb[1], (size_t) hd * ggml_element_size(store),
+                        (size_t) s0 * store->nb[1]);
+}
+
+ggml_tensor * graph_builder::attn_out(ggml_tensor * q, ggml_tensor * k, ggml_tensor * v, ggml_tensor * mask,
+                                      int il) const {
+    const int64_t hd = q->ne[0], nH = q->ne[1], T = q->ne[2];
+    ggml_tensor * qp = ggml_permute(ctx, q, 0, 2, 1, 3);   // [hd, T, nH]
+    // reference: attention scale 1.0 (q_norm/k_norm take the place of 1/sqrt(hd)); no attention softcap
+    ggml_tensor * o = ggml_flash_attn_ext(ctx, qp, k, v, mask, 1.0f, 0.0f, 0.0f);
+    ggml_prec_set_acc(o, GGML_PREC_F32);
+    o = ggml_reshape_2d(ctx, o, hd * nH, T);               // result comes back as [hd, nH, T]
+    return name(ggml_mul_mat(ctx, m.layers[il].wo, o), "attn_out", il);
+}
+
+ggml_tensor * graph_builder::moe(ggml_tensor * x, int il) const {
+    const layer_weights & L = m.layers[il];
+    const int64_t H = hp().n_embd, T = x->ne[1], E = hp().n_expert, K = hp().n_expert_used, EI = hp().n_ff_expert;
+
+    // router on the unweighted norm of the raw residual, times router.scale and H^-1/2
+    ggml_tensor * z = ggml_scale(ctx, ggml_mul(ctx, rms(x, nullptr), L.router_scale), 1.0f / std::sqrt((float) H));
+    ggml_tensor * probs = name(ggml_soft_max(ctx, ggml_mul_mat(ctx, L.router, z)), "router_probs", il);  // [E, T]
+    ggml_tensor * idx = ggml_argsort_top_k(ctx, probs, (int) K);                                             // [K, T]
+    ggml_tensor * w = ggml_reshape_2d(ctx, ggml_get_rows(ctx, ggml_reshape_3d(ctx, probs, 1, E, T), idx), K, T);
+    w = ggml_div(ctx, w, ggml_sum_rows(ctx, w));                                  // renormalise over the top-k
+    // per_expert_scale applies after the renormalisation
+    ggml_tensor * idx_flat = ggml_reshape_1d(ctx, ggml_cont(ctx, idx), K * T);
+    ggml_tensor * s = ggml_get_rows(ctx, ggml_reshape_2d(ctx, L.exp_scale, 1, E), idx_flat);   // [1, K*T]
+    w = name(ggml_mul(ctx, w, ggml_reshape_2d(ctx, s, K, T)), "expert_weights", il);
+
+    ggml_tensor * xe = ggml_reshape_3d(ctx, rms(x, L.pre_ffw_norm_2), H, 1, T);
+    ggml_tensor * gate, * up;
+    if (L.exp_gate_up) {
+        ggml_tensor * gu = ggml_mul_mat_id(ctx, L.exp_gate_up, xe, idx);         // [2EI, K, T]
+        gate = ggml_cont(ctx, ggml_view_3d(ctx, gu, EI, K, T, gu->nb[1], gu->nb[2], 0));
+        up = ggml_cont(ctx, ggml_view_3d(ctx, gu, EI, K, T, gu->nb[1], gu->nb[2], (size_t) EI * gu->nb[0]));
+    } else {
+        gate = ggml_mul_mat_id(ctx, L.exp_gate, xe, idx);
+        up = ggml_mul_mat_id(ctx, L.exp_up, xe, idx);
+    }
+    ggml_tensor * act = ggml_mul(ctx, gelu_tanh(gate), up);                        // [EI, K, T]
+    ggml_tensor * y = ggml_mul_mat_id(ctx, L.exp_down, act, idx);                  // [H, K, T]
+    y = ggml_mul(ctx, y, ggml_reshape_3d(ctx, w, 1, K, T));
+    ggml_tensor * sum = nullptr;
+    for (int64_t k = 0; k < K; k++) {
+        ggml_tensor * yk = ggml_view_2d(ctx, y, H, T, y->nb[2], (size_t) k * y->nb[1]);
+        sum = sum ? ggml_add(ctx, sum, yk) : yk;
+    }
+    if (K == 1) sum = ggml_cont(ctx, sum);
+    return name(sum, "moe_out", il);
+}
+
+ggml_tensor * graph_builder::ffn_block(ggml_tensor * x, int il) const {
+    const layer_weights & L = m.layers[il];
+    ggml_tensor * h1 = rms(mlp(rms(x, L.ffn_norm), L.ffn_gate, L.ffn_up, L.ffn_down), L.post_ffw_norm_1);
+    ggml_tensor * h2 = rms(moe(x, il), L.post_ffw_norm_2);
+    return ggml_add(ctx, x, rms(ggml_add(ctx, name(h1, "mlp_out", il), h2), L.post_ffw_norm));
+}
+
+ggml_tensor * graph_builder::layer_tail(ggml_tensor * x, ggml_tensor * attn, int il, ggml_tensor * layer_scale) const {
+    x = ggml_add(ctx, x, rms(attn, m.layers[il].post_attn_norm));
+    x = ffn_block(x, il);
+    // the layer scalar multiplies the whole residual stream, after the residual add
+    return name(ggml_mul(ctx, x, layer_scale), "l_out", il);
+}
+
+} // namespace dgemma

@@ -1,0 +1,45 @@
+// Graph builders shared by the encoder and the decoder (SPEC.md §2-§3). They know the model's math and
+// ggml, nothing about the KV store's policy or the sampler. Intermediates are named "<what>-<layer>" so a
+// debug dump can be compared with the reference layer by layer.
+#pragma once
+
+#include "dgemma-model.h"
+
+namespace dgemma {
+
+struct graph_builder {
+    ggml_context * ctx;
+    const model & m;
+
+    const hparams & hp() const { return m.info.hp; }
+    ggml_tensor * name(ggml_tensor * t, const char * what, int il = -1) const;
+
+    // rms(x; w) over dim 0 (w null: the unweighted norm)
+    ggml_tensor * rms(ggml_tensor * x, ggml_tensor * w) const;
+    // gelu_pytorch_tanh, composed from exact ops: ggml_gelu on the CPU reads an f16 table (~1e-2 logit error)
+    ggml_tensor * gelu_tanh(ggml_tensor * x) const;
+    // (gelu(x Wg) * (x Wu)) Wd
+    ggml_tensor * mlp(ggml_tensor * x, ggml_tensor * wg, ggml_tensor * wu, ggml_tensor * wd) const;
+
+    struct qkv { ggml_tensor * q, * k, * v; };   // q [hd, nH, T]; k, v [hd, nKV, T]
+    // Projections, q/k norms, RoPE on q and k, the unweighted norm on v (full layers: v = raw k projection).
+    qkv attn_qkv(ggml_tensor * h, int il, ggml_tensor * pos) const;
+
+    // softmax(q K^T + mask) V with scale 1.0, K/V given as [hd, n_kv, nKV] views; returns o_proj output [H, T].
+    ggml_tensor * attn_out(ggml_tensor * q, ggml_tensor * k, ggml_tensor * v, ggml_tensor * mask, int il) const;
+
+    // The feed-forward block: dense MLP and MoE in parallel from the residual x; returns the new residual.
+    ggml_tensor * ffn_block(ggml_tensor * x, int il) const;
+    ggml_tensor * moe(ggml_tensor * x, int il) const;
+
+    // x + rms(attn; post_attention_norm), then the FFN block, then the side's layer scalar.
+    ggml_tensor * layer_tail(ggml_tensor * x, ggml_tensor * attn, int il, ggml_tensor * layer_scale) const;
+
+    // A K or V store [hd*nKV, cap] seen as [hd, n, nKV] over slots s0 .. s0+n-1.
+    ggml_tensor * kv_view(ggml_tensor * store, int il, int64_t s0, int64_t n) const;
+};
+
+// Uploads an input if the scheduler allocated it (inputs no output depends on are never allocated).
+void set_input(ggml_tensor * t, const void * data, size_t nbytes);
+
+} // namespace dgemma

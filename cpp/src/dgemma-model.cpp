@@ -1,0 +1,266 @@
+#include "dgemma-model.h"
+#include "dgemma-log.h"
+
+#include "ggml-alloc.h"
+#include "ggml-cpu.h"
+#include "gguf.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <fstream>
+
+#if !defined(_WIN32)
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <unistd.h>
+#endif
+
+namespace dgemma {
+
+namespace {
+
+// reference: the embedding scale sqrt(H) is stored in f32 and cast to the weight dtype before use
+// (bf16: sqrt(2816) = 53.066 -> 53.0; f16 -> 53.0625). Quantized files come from bf16 checkpoints.
+float embd_scale_for(ggml_type t, int n_embd) {
+    const float s = std::sqrt((float) n_embd);
+    switch (t) {
+        case GGML_TYPE_F32: return s;
+        case GGML_TYPE_F16: return ggml_fp16_to_fp32(ggml_fp32_to_fp16(s));
+        default:            return ggml_bf16_to_fp32(ggml_fp32_to_bf16(s));
+    }
+}
+
+bool is_expert_tensor(const std::string & name) {
+    return name.find("_exps.") != std::string::npos;
+}
+
+int layer_of(const std::string & name) {
+    if (name.rfind("blk.", 0) != 0) return -1;
+    return std::atoi(name.c_str() + 4);
+}
+
+} // namespace
+
+model::model(const std::string & path, const model_params & p) : params(p) {
+    checked_gguf checked = open_checked_gguf(path);
+    info = checked.info;
+    file_ = std::move(checked.file);
+
+    gguf_init_params gp = { /*no_alloc =*/ true, /*ctx =*/ &ctx_meta_ };
+    gguf_context * g = gguf_init_from_file(path.c_str(), gp);
+    if (!g || !ctx_meta_) {
+        if (g) gguf_free(g);
+        throw error(path + ": cannot re-read the tensor table");
+    }
+    gguf_free(g);
+
+    backend_cpu = ggml_backend_init_by_type(GGML_BACKEND_DEVICE_TYPE_CPU, nullptr);
+    if (!backend_cpu) throw error("cannot initialise the CPU backend");
+    if (params.n_gpu_layers != 0 && ggml_backend_dev_by_type(GGML_BACKEND_DEVICE_TYPE_GPU)) {
+        backend_gpu = ggml_backend_init_by_type(GGML_BACKEND_DEVICE_TYPE_GPU, nullptr);
+    }
+    const int n_layer = info.hp.n_layer;
+    const bool all_gpu = backend_gpu && (params.n_gpu_layers < 0 || params.n_gpu_layers >= n_layer);
+    backend_globals = all_gpu ? backend_gpu : backend_cpu;
+
+    map_file(path);
+    place_weights();
+
+    tok_embd    = get("token_embd.weight");
+    output_norm = get("output_norm.weight");
+    rope_freqs  = get("rope_freqs.weight");
+    sc_pre_norm = get("self_cond_pre_norm.weight", false);
+    if (!sc_pre_norm) sc_pre_norm = get("self_cond_norm.weight");
+    sc_gate = get("self_cond_gate.weight");
+    sc_up   = get("self_cond_up.weight");
+    sc_down = get("self_cond_down.weight");
+    embd_scale = embd_scale_for(tok_embd->type, info.hp.n_embd);
+
+    layers.resize(n_layer);
+    for (int il = 0; il < n_layer; il++) {
+        auto n = [il](const char * s) { return "blk." + std::to_string(il) + "." + s; };
+        layer_weights & L = layers[il];
+        L.attn_norm = get(n("attn_norm.weight"));
+        L.wq = get(n("attn_q.weight"));
+        L.wk = get(n("attn_k.weight"));
+        L.wv = info.hp.is_swa(il) ? get(n("attn_v.weight")) : nullptr;
+        L.wo = get(n("attn_output.weight"));
+        L.q_norm = get(n("attn_q_norm.weight"));
+        L.k_norm = get(n("attn_k_norm.weight"));
+        L.post_attn_norm = get(n("post_attention_norm.weight"));
+        L.ffn_norm = get(n("ffn_norm.weight"));
+        L.ffn_gate = get(n("ffn_gate.weight"));
+        L.ffn_up = get(n("ffn_up.weight"));
+        L.ffn_down = get(n("ffn_down.weight"));
+        L.post_ffw_norm_1 = get(n("post_ffw_norm_1.weight"));
+        L.router = get(n("ffn_gate_inp.weight"));
+        L.router_scale = get(n("ffn_gate_inp.scale"));
+        L.pre_ffw_norm_2 = get(n("pre_ffw_norm_2.weight"));
+        if (info.layers[il].fused_gate_up) {
+            L.exp_gate_up = get(n("ffn_gate_up_exps.weight"));
+        } else {
+            L.exp_gate = get(n("ffn_gate_exps.weight"));
+            L.exp_up = get(n("ffn_up_exps.weight"));
+        }
+        L.exp_down = get(n("ffn_down_exps.weight"));
+        L.exp_scale = get(n("ffn_down_exps.scale"));
+        L.post_ffw_norm_2 = get(n("post_ffw_norm_2.weight"));
+        L.post_ffw_norm = get(n("post_ffw_norm.weight"));
+        L.dec_scale = get(n("layer_output_scale.weight"));
+        L.enc_scale = get(n("enc_layer_output_scale.weight"));
+        const bool on_gpu = backend_gpu && (all_gpu || il >= n_layer - params.n_gpu_layers);
+        L.backend = on_gpu ? backend_gpu : backend_cpu;
+    }
+    make_transposed_embedding();
+    log_msg(LOG_INFO, "%s: loaded %zu tensors (%s)\n", path.c_str(), info.tensors.size(),
+            backend_gpu ? ggml_backend_name(backend_gpu) : "CPU");
+}
+
+model::~model() {
+    for (ggml_backend_buffer_t b : bufs_) ggml_backend_buffer_free(b);
+    if (ctx_meta_) ggml_free(ctx_meta_);
+    if (ctx_extra_) ggml_free(ctx_extra_);
+#if !defined(_WIN32)
+    if (map_) munmap(map_, map_size_);
+#else
+    free(map_);
+#endif
+    if (backend_gpu) ggml_backend_free(backend_gpu);
+    if (backend_cpu) ggml_backend_free(backend_cpu);
+}
+
+std::vector<ggml_backend_t> model::backends() const {
+    std::vector<ggml_backend_t> v;
+    if (backend_gpu) v.push_back(backend_gpu);
+    v.push_back(backend_cpu);
+    return v;
+}
+
+void model::map_file(const std::string & path) {
+    map_size_ = (size_t) file_->file_size();
+#if !defined(_WIN32)
+    int fd = open(path.c_str(), O_RDONLY);
+    if (fd < 0) throw error(path + ": cannot open for mapping: " + std::strerror(errno));
+    map_ = mmap(nullptr, map_size_, PROT_READ, MAP_SHARED, fd, 0);
+    close(fd);
+    if (map_ == MAP_FAILED) {
+        map_ = nullptr;
+        throw error(path + ": cannot memory-map the file: " + std::strerror(errno));
+    }
+#else
+    map_ = malloc(map_size_);
+    std::ifstream in(path, std::ios::binary);
+    if (!map_ || !in.read((char *) map_, (std::streamsize) map_size_)) throw error(path + ": cannot read the file");
+#endif
+}
+
+// CPU tensors point into the mapping (no copy); GPU tensors are uploaded into one buffer per device.
+void model::place_weights() {
+    const int n_layer = info.hp.n_layer;
+    const bool all_gpu = backend_gpu && backend_globals == backend_gpu;
+    auto wants_gpu = [&](const std::string & name) {
+        if (!backend_gpu) return false;
+        if (params.cpu_moe && is_expert_tensor(name)) return false;
+        const int il = layer_of(name);
+        if (il < 0) return all_gpu;
+        return all_gpu || il >= n_layer - params.n_gpu_layers;
+    };
+
+    // The mapping is read-only; ggml never writes weights.
+    ggml_backend_buffer_t cpu_buf = ggml_backend_cpu_buffer_from_ptr(map_, map_size_);
+    ggml_backend_buffer_set_usage(cpu_buf, GGML_BACKEND_BUFFER_USAGE_WEIGHTS);
+    bufs_.push_back(cpu_buf);
+
+    std::vector<ggml_tensor *> gpu_tensors;
+    size_t gpu_size = 0;
+    ggml_backend_buffer_type_t gpu_buft = backend_gpu ? ggml_backend_get_default_buffer_type(backend_gpu) : nullptr;
+    for (const tensor_info & ti : info.tensors) {
+        ggml_tensor * t = ggml_get_tensor(ctx_meta_, ti.name.c_str());
+        if (wants_gpu(ti.name)) {
+            gpu_tensors.push_back(t);
+            gpu_size += GGML_PAD(ggml_backend_buft_get_alloc_size(gpu_buft, t), ggml_backend_buft_get_alignment(gpu_buft));
+        } else {
+            if (ggml_backend_tensor_alloc(cpu_buf, t, (char *) map_ + ti.offset) != GGML_STATUS_SUCCESS) {
+                throw error(info.path + ": cannot place tensor '" + ti.name + "' in the mapping");
+            }
+        }
+    }
+    if (!gpu_tensors.empty()) {
+        ggml_backend_buffer_t buf = ggml_backend_buft_alloc_buffer(gpu_buft, gpu_size);
+        if (!buf) throw error(info.path + ": cannot allocate " + std::to_string(gpu_size >> 20) + " MiB on " +
+                              ggml_backend_name(backend_gpu) + "; lower n_gpu_layers or use cpu_moe");
+        ggml_backend_buffer_set_usage(buf, GGML_BACKEND_BUFFER_USAGE_WEIGHTS);
+        bufs_.push_back(buf);
+        ggml_tallocr ta = ggml_tallocr_new(buf);
+        for (ggml_tensor * t : gpu_tensors) {
+            ggml_tallocr_alloc(&ta, t);
+            const tensor_info * ti = nullptr;
+            for (const tensor_info & x : info.tensors) if (x.name == t->name) { ti = &x; break; }
+            ggml_backend_tensor_set(t, (const char *) map_ + ti->offset, 0, ggml_nbytes(t));
+        }
+    }
+}
+
+ggml_tensor * model::get(const std::string & name, bool required) const {
+    ggml_tensor * t = ggml_get_tensor(ctx_meta_, name.c_str());
+    if (!t && required) throw error(info.path + ": tensor '" + name + "' missing after validation");
+    return t;
+}
+
+// The soft embedding softmax(S) @ E contracts over the vocabulary, E's slow dimension. A transposed copy
+// [V, H] turns it into an ordinary matmul over the fast dimension. Memory: V * H elements of the
+// embedding's float type (f16 for quantized embeddings): 1.47 GB for the released model in bf16.
+void model::make_transposed_embedding() {
+    const int64_t H = info.hp.n_embd, V = info.hp.n_vocab;
+    ggml_type tt = tok_embd->type;
+    if (tt != GGML_TYPE_F32 && tt != GGML_TYPE_F16 && tt != GGML_TYPE_BF16) tt = GGML_TYPE_F16;
+
+    ggml_init_params ip = { ggml_tensor_overhead() * 2, nullptr, true };
+    ctx_extra_ = ggml_init(ip);
+    tok_embd_t = ggml_new_tensor_2d(ctx_extra_, tt, V, H);
+    ggml_set_name(tok_embd_t, "token_embd_t");
+    ggml_backend_buffer_t buf = ggml_backend_alloc_ctx_tensors(ctx_extra_, backend_globals);
+    if (!buf) throw error(info.path + ": cannot allocate the transposed embedding (" +
+                          std::to_string((ggml_nbytes(tok_embd_t)) >> 20) + " MiB)");
+    ggml_backend_buffer_set_usage(buf, GGML_BACKEND_BUFFER_USAGE_WEIGHTS);
+    bufs_.push_back(buf);
+
+    const auto * src_traits = ggml_get_type_traits(tok_embd->type);
+    const size_t esz = ggml_type_size(tt);
+    std::vector<uint8_t> dst((size_t) V * H * esz);
+    const int64_t block = 256;
+    std::vector<float> rows((size_t) block * H);
+    const char * src = (const char *) map_ + 0;   // tok_embd may live on the GPU: read from the mapping
+    const tensor_info * ti = nullptr;
+    for (const tensor_info & x : info.tensors) if (x.name == "token_embd.weight") { ti = &x; break; }
+    const size_t row_bytes = ggml_row_size(tok_embd->type, H);
+    for (int64_t v0 = 0; v0 < V; v0 += block) {
+        const int64_t nb = std::min(block, V - v0);
+        for (int64_t r = 0; r < nb; r++) {
+            const void * row = src + ti->offset + (size_t) (v0 + r) * row_bytes;
+            if (tok_embd->type == GGML_TYPE_F32) std::memcpy(&rows[(size_t) r * H], row, H * sizeof(float));
+            else src_traits->to_float(row, &rows[(size_t) r * H], H);
+        }
+        for (int64_t h = 0; h < H; h++) {
+            for (int64_t r = 0; r < nb; r++) {
+                const float x = rows[(size_t) r * H + h];
+                const size_t idx = (size_t) h * V + (size_t) (v0 + r);
+                switch (tt) {
+                    case GGML_TYPE_F32:  ((float *) dst.data())[idx] = x; break;
+                    case GGML_TYPE_F16:  ((ggml_fp16_t *) dst.data())[idx] = ggml_fp32_to_fp16(x); break;
+                    default:             ((ggml_bf16_t *) dst.data())[idx] = ggml_fp32_to_bf16(x); break;
+                }
+            }
+        }
+    }
+    ggml_backend_tensor_set(tok_embd_t, dst.data(), 0, dst.size());
+}
+
+std::shared_ptr<model> load_model(const std::string & path, const model_params & params) {
+    return std::make_shared<model>(path, params);
+}
+
+const model_info & get_model_info(const model & m) { return m.info; }
+
+} // namespace dgemma

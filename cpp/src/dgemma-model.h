@@ -1,0 +1,76 @@
+// Model weights: the checked GGUF, its tensors placed on backends, per-layer pointers, and derived
+// tensors (the transposed embedding used by self-conditioning).
+#pragma once
+
+#include "dgemma.h"
+#include "dgemma-loader.h"
+
+#include "ggml.h"
+#include "ggml-backend.h"
+
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace dgemma {
+
+struct layer_weights {
+    ggml_tensor * attn_norm = nullptr;
+    ggml_tensor * wq = nullptr, * wk = nullptr, * wv = nullptr, * wo = nullptr;   // wv null on full layers
+    ggml_tensor * q_norm = nullptr, * k_norm = nullptr;
+    ggml_tensor * post_attn_norm = nullptr;
+    ggml_tensor * ffn_norm = nullptr;
+    ggml_tensor * ffn_gate = nullptr, * ffn_up = nullptr, * ffn_down = nullptr;
+    ggml_tensor * post_ffw_norm_1 = nullptr;
+    ggml_tensor * router = nullptr, * router_scale = nullptr;
+    ggml_tensor * pre_ffw_norm_2 = nullptr;
+    ggml_tensor * exp_gate_up = nullptr;                   // fused [H, 2*EI, E], or
+    ggml_tensor * exp_gate = nullptr, * exp_up = nullptr;  // split [H, EI, E] each
+    ggml_tensor * exp_down = nullptr, * exp_scale = nullptr;
+    ggml_tensor * post_ffw_norm_2 = nullptr;
+    ggml_tensor * post_ffw_norm = nullptr;
+    ggml_tensor * dec_scale = nullptr, * enc_scale = nullptr;
+    ggml_backend_t backend = nullptr;                      // where this layer's weights live
+};
+
+class model {
+public:
+    model(const std::string & path, const model_params & params);
+    ~model();
+    model(const model &) = delete;
+    model & operator=(const model &) = delete;
+
+    model_info info;
+    model_params params;
+
+    ggml_tensor * tok_embd = nullptr;
+    ggml_tensor * tok_embd_t = nullptr;     // [V, H]: embedding transposed, for the soft embedding
+    ggml_tensor * output_norm = nullptr;
+    ggml_tensor * rope_freqs = nullptr;
+    ggml_tensor * sc_pre_norm = nullptr, * sc_gate = nullptr, * sc_up = nullptr, * sc_down = nullptr;
+    std::vector<layer_weights> layers;
+
+    float embd_scale = 0.0f;                // sqrt(H) rounded to the embedding's dtype (reference)
+
+    ggml_backend_t backend_cpu = nullptr;
+    ggml_backend_t backend_gpu = nullptr;   // null when no GPU is used
+    ggml_backend_t backend_globals = nullptr;
+
+    // All backends, GPU first and the CPU last (the scheduler's priority order).
+    std::vector<ggml_backend_t> backends() const;
+
+private:
+    void map_file(const std::string & path);
+    void place_weights();
+    void make_transposed_embedding();
+    ggml_tensor * get(const std::string & name, bool required = true) const;
+
+    std::unique_ptr<gguf_file> file_;
+    ggml_context * ctx_meta_ = nullptr;     // tensor metadata from the GGUF
+    ggml_context * ctx_extra_ = nullptr;    // derived tensors
+    std::vector<ggml_backend_buffer_t> bufs_;
+    void * map_ = nullptr;
+    size_t map_size_ = 0;
+};
+
+} // namespace dgemma
