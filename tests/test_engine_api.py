@@ -1,0 +1,96 @@
+"""The engine's Python access: argument checking, the store invariant, graph reuse, truncate."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pygguf_diffusion import EngineError, _core
+
+
+@pytest.fixture(scope="module")
+def model(converted):
+    return _core.Model(str(converted("spec9", "f32")))
+
+
+def ctx_for(model, **kw) -> _core.Context:
+    kw.setdefault("n_ctx", 64)
+    kw.setdefault("n_threads", 2)
+    return _core.Context(model, **kw)
+
+
+def ids(seed: int, n: int) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 512, n).astype(np.int32)
+
+
+def test_bad_arguments_raise_instead_of_crashing(model):
+    ctx = ctx_for(model)
+    C = ctx.canvas_length
+    with pytest.raises(EngineError, match=r"token id 512 at index 2 is outside the vocabulary \[0, 512\)"):
+        ctx.encode(np.array([1, 2, 512], np.int32))
+    with pytest.raises(EngineError, match="token id -1"):
+        ctx.encode(np.array([-1], np.int32))
+    assert ctx.n_past == 0  # nothing was stored by the failed calls
+    with pytest.raises(ValueError, match=f"canvas must be a 1-D array of {C} token ids"):
+        ctx.decode_step(ids(0, C + 1))
+    with pytest.raises(ValueError, match="1-D array"):
+        ctx.encode(np.zeros((2, 2), np.int32))
+    with pytest.raises(ValueError, match=r"must have shape \(8, 512\)"):
+        ctx.decode_step(ids(0, C), sc=np.zeros((C, 7), np.float32))
+    with pytest.raises(ValueError, match="sc must be None"):
+        ctx.decode_step(ids(0, C), sc="yesterday")
+    with pytest.raises(EngineError, match="no previous step"):
+        ctx.decode_step(ids(0, C), sc="previous")
+    with pytest.raises(EngineError, match="temperature must be a finite number > 0"):
+        ctx.decode_step(ids(0, C), temperature=0.0)
+    with pytest.raises(EngineError, match="exceed n_ctx 64"):
+        ctx.encode(ids(1, 65))
+    ctx.encode(ids(1, 60))
+    with pytest.raises(EngineError, match="exceeds n_ctx 64"):
+        ctx.decode_step(ids(0, C))
+    with pytest.raises(EngineError, match="layer 9 out of range"):
+        ctx.read_kv(9)
+    with pytest.raises(EngineError, match="n_ctx must be >= 1"):
+        ctx_for(model, n_ctx=0)
+    with pytest.raises(EngineError, match="n_batch must be >= 1"):
+        ctx_for(model, n_batch=0)
+
+
+def test_decoder_never_changes_the_stored_prefix(model):
+    ctx = ctx_for(model)
+    ctx.encode(ids(3, 21))
+    before = [ctx.read_kv(il) for il in range(6)]
+    ctx.decode_step(ids(4, ctx.canvas_length), temperature=0.8)
+    ctx.decode_step(ids(5, ctx.canvas_length), sc="previous")
+    for il in range(6):
+        after = ctx.read_kv(il)
+        for a, b in zip(before[il], after):
+            np.testing.assert_array_equal(a, b)
+    assert ctx.n_past == 21
+
+
+def test_steps_reuse_one_graph_per_canvas_and_are_deterministic(model):
+    ctx = ctx_for(model)
+    ctx.encode(ids(3, 21))
+    canvas = ids(4, ctx.canvas_length)
+    first = ctx.decode_step(canvas, temperature=0.8)
+    again = ctx.decode_step(canvas)
+    np.testing.assert_array_equal(first, again)  # same inputs, same graph: bit-identical
+    assert ctx.decoder_graph_builds == 1
+    ctx.encode(first.argmax(-1).astype(np.int32))
+    ctx.decode_step(canvas)
+    assert ctx.decoder_graph_builds == 2
+    assert ctx.decode_step(canvas, return_logits=False) is None
+
+
+def test_truncate_restores_the_earlier_state(model):
+    ctx = ctx_for(model, n_batch=8)
+    prompt = ids(6, 21)
+    ctx.encode(prompt)
+    canvas = ids(7, ctx.canvas_length)
+    want = ctx.decode_step(canvas)
+    ctx.encode(ids(8, ctx.canvas_length))          # commit a canvas...
+    ctx.truncate(21)                               # ...and take it back (regenerate)
+    assert ctx.n_past == 21
+    np.testing.assert_allclose(ctx.decode_step(canvas), want, rtol=0, atol=1e-5)
+    with pytest.raises(EngineError, match="no longer hold position"):
+        ctx.truncate(2)
