@@ -1,4 +1,5 @@
 #include "dgemma-decoder.h"
+#include "dgemma-cpu-ops.h"
 
 #include <cmath>
 #include <vector>
@@ -57,7 +58,9 @@ decoder_graph build_decoder(const graph_builder & g, const kv_store & kv, ggml_t
     x = g.name(g.rms(x, m.output_norm), "dec_norm");
     ggml_tensor * logits = ggml_mul_mat(ctx, m.tok_embd, x);                              // tied lm_head
     const float cap = hp.logit_softcap;
-    if (cap > 0.0f) {
+    if (cap > 0.0f && m.backend_globals == m.backend_cpu) {
+        logits = softcap_cpu_inplace(ctx, logits, &hp.logit_softcap);
+    } else if (cap > 0.0f) {
         logits = ggml_scale(ctx, ggml_tanh(ctx, ggml_scale(ctx, logits, 1.0f / cap)), cap);
     }
     dg.logits = g.name(logits, "logits");
