@@ -27,7 +27,9 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <memory>
+#include <optional>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -191,9 +193,84 @@ public:
     // Decoder graphs built so far: one per canvas (store length), reused by every step of that canvas.
     int64_t decoder_graph_builds() const;
 
+    // decode_step plus the per-row reductions of the processed logits (logits / temperature), computed on
+    // the device: argmax (lowest index on ties), entropy (nats), and the inverse-CDF categorical sample
+    // against uniforms[i] in [0, 1). Each output holds C values; logits_out may be null.
+    void decode_step_reduced(const int32_t * canvas, const step_params & sp, const float * uniforms,
+                             int32_t * argmax, float * entropy, int32_t * sample, float * logits_out);
+
 private:
     std::unique_ptr<context_impl> impl_;
 };
+
+// ---- generation (the reference generate() loop, SPEC §6) ---------------------------------------------
+
+struct draft_event {
+    int32_t canvas_index = 0;
+    int32_t step = 0;              // 1-based step within the canvas
+    int32_t steps_remaining = 0;   // k: counts down from max_denoising_steps
+    float   temperature = 0.0f;
+    int32_t n = 0;                 // canvas length
+    const int32_t * argmax = nullptr;     // the draft: argmax canvas of this step
+    const uint8_t * accepted = nullptr;   // entropy-bound acceptance per position
+    int32_t n_accepted = 0;
+    float   mean_entropy = 0.0f;
+};
+
+struct commit_event {
+    int32_t canvas_index = 0;
+    const int32_t * tokens = nullptr;     // committed tokens of this canvas (cut after the first EOS / limit)
+    int32_t n_tokens = 0;
+    int32_t steps = 0;                    // denoising steps this canvas took
+    bool    last = false;                 // generation ends with this canvas
+};
+
+struct generate_stats {
+    int32_t prompt_tokens = 0;
+    double  prompt_ms = 0.0;
+    std::vector<int32_t> steps_per_canvas;
+    int32_t decoder_forwards = 0;
+    double  decode_ms = 0.0;              // decoder steps and sampling, excluding re-encodes
+    double  ttft_ms = 0.0;                // generate() start -> first committed canvas
+    double  total_ms = 0.0;
+    int32_t committed_tokens = 0;         // generated tokens up to and including the first EOS
+    double  tokens_per_forward = 0.0;     // reference definition: non-pad new tokens / decoder forwards
+    uint64_t peak_rss_bytes = 0;
+};
+
+struct generate_params {
+    // Sampler settings; unset = the GGUF's diffusion.* defaults.
+    std::optional<int32_t> max_denoising_steps;
+    std::optional<double>  t_min, t_max, entropy_bound, confidence_threshold;
+    std::optional<int32_t> stability_threshold;
+    bool adaptive_stop = true;            // false: always run every step
+    int32_t max_new_tokens = -1;          // a real cap on returned tokens; -1 = until EOS or n_ctx
+    uint64_t seed = 0;
+    std::vector<int32_t> eos_ids;         // empty = the GGUF's end-of-generation set
+    std::optional<int32_t> pad_id;        // for tokens_per_forward; unset = the GGUF's
+
+    std::function<void(const draft_event &)> on_draft;    // every step
+    std::function<void(const commit_event &)> on_commit;  // every canvas
+    std::function<bool()> should_abort;                   // checked before every step
+
+    // Injected random draws (tests): per canvas C initial tokens; per canvas and step C sampled tokens
+    // and C noise tokens, laid out [canvas][step][C] for max_denoising_steps steps.
+    const int32_t * forced_init = nullptr;
+    const int32_t * forced_sampled = nullptr;
+    const int32_t * forced_noise = nullptr;
+    int32_t forced_canvases = 0;
+};
+
+struct generate_result {
+    std::vector<int32_t> tokens;          // new tokens, the first EOS included when one was generated
+    std::string finish_reason;            // "stop" (EOS), "length" (max_new_tokens or n_ctx), "abort"
+    generate_stats stats;
+};
+
+// Appends `prompt` to the context's stored prefix, then generates canvas after canvas. The last committed
+// canvas is not re-encoded (reference); pass it with the next turn's tokens to continue the conversation.
+// Invalid settings throw dgemma::error before any compute; an abort leaves the context usable.
+generate_result generate(context & ctx, const int32_t * prompt, int32_t n_prompt, const generate_params & params);
 
 // Log sink for the engine and ggml. level: 1 = debug, 2 = info, 3 = warn, 4 = error (ggml's values).
 // Without a callback, warnings and errors go to stderr.

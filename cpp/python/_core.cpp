@@ -2,6 +2,7 @@
 // dgemma::error becomes pygguf_diffusion._core.EngineError with the message intact; no C++ exception
 // crosses into Python untranslated (pybind11 maps the rest to RuntimeError).
 #include "dgemma.h"
+#include "../src/dgemma-sampler.h"
 
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
@@ -104,6 +105,123 @@ py::dict to_dict(const dgemma::model_info & m) {
     out["layers"] = layers;
     out["tensors"] = tensors;
     out["defaulted_keys"] = m.defaulted_keys;
+    return out;
+}
+
+using i32_array = py::array_t<int32_t, py::array::c_style | py::array::forcecast>;
+
+py::dict stats_dict(const dgemma::generate_stats & st) {
+    py::dict d;
+    d["prompt_tokens"] = st.prompt_tokens;
+    d["prompt_ms"] = st.prompt_ms;
+    d["steps_per_canvas"] = st.steps_per_canvas;
+    d["decoder_forwards"] = st.decoder_forwards;
+    d["decode_ms"] = st.decode_ms;
+    d["ttft_ms"] = st.ttft_ms;
+    d["total_ms"] = st.total_ms;
+    d["committed_tokens"] = st.committed_tokens;
+    d["tokens_per_forward"] = st.tokens_per_forward;
+    d["peak_rss_bytes"] = st.peak_rss_bytes;
+    return d;
+}
+
+py::dict py_generate(dgemma::context & c, i32_array prompt, int max_new_tokens, std::optional<int> steps,
+                     std::optional<double> t_min, std::optional<double> t_max, std::optional<double> entropy_bound,
+                     std::optional<int> stability, std::optional<double> confidence, bool adaptive_stop,
+                     uint64_t seed, std::optional<std::vector<int32_t>> eos_ids, py::object on_draft,
+                     py::object on_commit, py::object forced) {
+    if (prompt.ndim() != 1) throw py::value_error("generate: prompt must be a 1-D array of token ids");
+    dgemma::generate_params p;
+    p.max_new_tokens = max_new_tokens;
+    p.max_denoising_steps = steps;
+    p.t_min = t_min;
+    p.t_max = t_max;
+    p.entropy_bound = entropy_bound;
+    p.stability_threshold = stability;
+    p.confidence_threshold = confidence;
+    p.adaptive_stop = adaptive_stop;
+    p.seed = seed;
+    if (eos_ids) p.eos_ids = *eos_ids;
+
+    // Python errors raised inside callbacks (KeyboardInterrupt included) abort the loop and are re-raised
+    // once the engine has returned.
+    std::unique_ptr<py::error_already_set> pending;
+    auto guard = [&](auto && fn) {
+        py::gil_scoped_acquire gil;
+        if (pending) return;
+        try {
+            fn();
+        } catch (py::error_already_set & e) {
+            pending = std::make_unique<py::error_already_set>(std::move(e));
+        }
+    };
+    if (!on_draft.is_none()) {
+        p.on_draft = [&](const dgemma::draft_event & ev) {
+            guard([&] {
+                py::dict d;
+                d["canvas_index"] = ev.canvas_index;
+                d["step"] = ev.step;
+                d["steps_remaining"] = ev.steps_remaining;
+                d["temperature"] = ev.temperature;
+                d["argmax"] = py::array_t<int32_t>(ev.n, ev.argmax);
+                d["accepted"] = py::array_t<bool>(ev.n, reinterpret_cast<const bool *>(ev.accepted));
+                d["n_accepted"] = ev.n_accepted;
+                d["mean_entropy"] = ev.mean_entropy;
+                on_draft(d);
+            });
+        };
+    }
+    if (!on_commit.is_none()) {
+        p.on_commit = [&](const dgemma::commit_event & ev) {
+            guard([&] {
+                py::dict d;
+                d["canvas_index"] = ev.canvas_index;
+                d["tokens"] = py::array_t<int32_t>(ev.n_tokens, ev.tokens);
+                d["steps"] = ev.steps;
+                d["last"] = ev.last;
+                on_commit(d);
+            });
+        };
+    }
+    p.should_abort = [&]() {
+        bool stop = false;
+        guard([&] {
+            if (PyErr_CheckSignals() != 0) throw py::error_already_set();
+        });
+        stop = pending != nullptr;
+        return stop;
+    };
+    i32_array f_init, f_sampled, f_noise;
+    if (!forced.is_none()) {
+        py::dict fd = forced.cast<py::dict>();
+        f_init = i32_array::ensure(fd["init"]);
+        f_sampled = i32_array::ensure(fd["sampled"]);
+        f_noise = i32_array::ensure(fd["noise"]);
+        const int64_t C = c.canvas_length();
+        if (!f_init || !f_sampled || !f_noise || f_init.ndim() != 2 || f_init.shape(1) != C ||
+            f_sampled.ndim() != 3 || f_noise.ndim() != 3 || f_sampled.shape(0) != f_init.shape(0) ||
+            f_noise.shape(0) != f_init.shape(0) || f_sampled.shape(2) != C || f_noise.shape(2) != C ||
+            f_sampled.shape(1) != f_noise.shape(1)) {
+            throw py::value_error("forced draws: init [n, C], sampled and noise [n, steps, C] int32 arrays");
+        }
+        const int64_t n_steps = steps.value_or(c.info().diffusion.max_denoising_steps);
+        if (f_sampled.shape(1) != n_steps) throw py::value_error("forced draws: need one row per denoising step");
+        p.forced_init = f_init.data();
+        p.forced_sampled = f_sampled.data();
+        p.forced_noise = f_noise.data();
+        p.forced_canvases = (int32_t) f_init.shape(0);
+    }
+    std::vector<int32_t> toks(prompt.data(), prompt.data() + prompt.size());
+    dgemma::generate_result r;
+    {
+        py::gil_scoped_release release;
+        r = dgemma::generate(c, toks.data(), (int32_t) toks.size(), p);
+    }
+    if (pending) throw std::move(*pending);
+    py::dict out;
+    out["tokens"] = r.tokens;
+    out["finish_reason"] = r.finish_reason;
+    out["stats"] = stats_dict(r.stats);
     return out;
 }
 
@@ -210,6 +328,25 @@ PYBIND11_MODULE(_core, m) {
         .def_property_readonly("n_ctx", &dgemma::context::n_ctx)
         .def_property_readonly("canvas_length", &dgemma::context::canvas_length)
         .def_property_readonly("decoder_graph_builds", &dgemma::context::decoder_graph_builds);
+
+    m.def("generate", &py_generate, py::arg("context"), py::arg("prompt"), py::arg("max_new_tokens") = -1,
+          py::arg("max_denoising_steps") = py::none(), py::arg("t_min") = py::none(), py::arg("t_max") = py::none(),
+          py::arg("entropy_bound") = py::none(), py::arg("stability_threshold") = py::none(),
+          py::arg("confidence_threshold") = py::none(), py::arg("adaptive_stop") = true, py::arg("seed") = 0,
+          py::arg("eos_ids") = py::none(), py::arg("on_draft") = py::none(), py::arg("on_commit") = py::none(),
+          py::arg("forced") = py::none(),
+          "Run the reference generate() loop. Callbacks receive dicts; Ctrl-C or an exception in a callback "
+          "stops generation after the current step and is re-raised; the context stays usable.");
+
+    m.def("schedule_temperature", &dgemma::schedule_temperature, py::arg("t_min"), py::arg("t_max"),
+          py::arg("k"), py::arg("n_steps"), "The reference temperature at k steps remaining (float32 math).");
+    m.def("accept_by_entropy", [](py::array_t<float, py::array::c_style | py::array::forcecast> entropy, float bound) {
+        std::vector<uint8_t> acc;
+        dgemma::accept_by_entropy(entropy.data(), (int) entropy.size(), bound, acc);
+        py::array_t<bool> out((py::ssize_t) acc.size());
+        std::copy(acc.begin(), acc.end(), reinterpret_cast<uint8_t *>(out.mutable_data()));
+        return out;
+    }, py::arg("entropy"), py::arg("bound"), "Entropy-bound acceptance mask (reference accept_canvas).");
 
     m.def("version", &dgemma::version);
     m.def("ggml_version", &dgemma::ggml_version);

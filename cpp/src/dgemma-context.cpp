@@ -84,6 +84,11 @@ public:
     }
 
     void decode_step(const int32_t * canvas, const step_params & sp, float * logits_out) {
+        decode_step_reduced(canvas, sp, nullptr, nullptr, nullptr, nullptr, logits_out);
+    }
+
+    void decode_step_reduced(const int32_t * canvas, const step_params & sp, const float * uniforms,
+                             int32_t * argmax, float * entropy, int32_t * sample, float * logits_out) {
         const int32_t C = m_->info.diffusion.canvas_length;
         const int64_t V = m_->info.hp.n_vocab;
         check_tokens(canvas, C, "decode_step");
@@ -109,10 +114,18 @@ public:
             ++dec_builds_;
         }
         if (sp.sc == self_cond::given) ggml_backend_tensor_set(sc_state_, sp.sc_logits, 0, sizeof(float) * V * C);
-        fill_decoder_inputs(dec_, kv_, canvas, C, sp.temperature, sp.sc != self_cond::none);
+        fill_decoder_inputs(dec_, kv_, canvas, C, sp.temperature, sp.sc != self_cond::none, uniforms);
         compute(dec_.gf);
         have_previous_ = true;
         if (logits_out) ggml_backend_tensor_get(dec_.logits, logits_out, 0, sizeof(float) * V * C);
+        if (argmax) ggml_backend_tensor_get(dec_.argmax, argmax, 0, sizeof(int32_t) * C);
+        if (entropy) ggml_backend_tensor_get(dec_.entropy, entropy, 0, sizeof(float) * C);
+        if (sample) {
+            std::vector<float> cnt(C);
+            ggml_backend_tensor_get(dec_.sample, cnt.data(), 0, sizeof(float) * C);
+            // the count of cdf entries below u; rounding can leave the last cdf entry under u
+            for (int32_t i = 0; i < C; i++) sample[i] = std::min((int32_t) cnt[i], (int32_t) V - 1);
+        }
     }
 
     void read_kv(int il, std::vector<int32_t> & positions, std::vector<float> & k, std::vector<float> & v) const {
@@ -183,6 +196,10 @@ context::~context() = default;
 void context::encode(const int32_t * tokens, int32_t n) { impl_->encode(tokens, n); }
 void context::decode_step(const int32_t * canvas, const step_params & sp, float * logits_out) {
     impl_->decode_step(canvas, sp, logits_out);
+}
+void context::decode_step_reduced(const int32_t * canvas, const step_params & sp, const float * uniforms,
+                                  int32_t * argmax, float * entropy, int32_t * sample, float * logits_out) {
+    impl_->decode_step_reduced(canvas, sp, uniforms, argmax, entropy, sample, logits_out);
 }
 int32_t context::n_past() const { return impl_->n_past(); }
 int32_t context::n_ctx() const { return impl_->n_ctx(); }

@@ -23,7 +23,9 @@ decoder_graph build_decoder(const graph_builder & g, const kv_store & kv, ggml_t
     dg.mask_swa = g.name(ggml_new_tensor_2d(ctx, GGML_TYPE_F16, kv.ring(), C), "dec_mask_swa");
     dg.temperature = g.name(ggml_new_tensor_1d(ctx, GGML_TYPE_F32, 1), "temperature");
     dg.sc_on = g.name(ggml_new_tensor_1d(ctx, GGML_TYPE_F32, 1), "sc_on");
-    for (ggml_tensor * t : {dg.tokens, dg.pos, dg.slots_full, dg.slots_swa, dg.mask_swa, dg.temperature, dg.sc_on}) {
+    dg.uniforms = g.name(ggml_new_tensor_2d(ctx, GGML_TYPE_F32, 1, C), "uniforms");
+    for (ggml_tensor * t : {dg.tokens, dg.pos, dg.slots_full, dg.slots_swa, dg.mask_swa, dg.temperature, dg.sc_on,
+                            dg.uniforms}) {
         ggml_set_input(t);
     }
 
@@ -67,13 +69,32 @@ decoder_graph build_decoder(const graph_builder & g, const kv_store & kv, ggml_t
     ggml_set_output(dg.logits);
     ggml_build_forward_expand(dg.gf, dg.logits);
     // the processed logits stay on the device as the next step's self-conditioning input
-    ggml_tensor * processed = ggml_div(ctx, dg.logits, dg.temperature);
-    ggml_build_forward_expand(dg.gf, ggml_cpy(ctx, processed, sc_state));
+    const int64_t V = hp.n_vocab;
+    ggml_tensor * lp = g.name(ggml_div(ctx, dg.logits, dg.temperature), "processed_logits");
+
+    // Per-row reductions so a step moves O(C) numbers to the host (SPEC §6): argmax (lowest index on
+    // ties), the entropy of softmax(lp) = lse - sum(p * lp) with lse = max - log(p[argmax]), and an
+    // inverse-CDF categorical sample against one uniform per row.
+    dg.argmax = g.name(ggml_argmax(ctx, lp), "argmax");
+    ggml_tensor * p = ggml_soft_max(ctx, lp);
+    ggml_tensor * at = ggml_reshape_2d(ctx, dg.argmax, 1, C);
+    ggml_tensor * maxv = ggml_reshape_2d(ctx, ggml_get_rows(ctx, ggml_reshape_3d(ctx, lp, 1, V, C), at), 1, C);
+    ggml_tensor * pmax = ggml_reshape_2d(ctx, ggml_get_rows(ctx, ggml_reshape_3d(ctx, p, 1, V, C), at), 1, C);
+    ggml_tensor * lse = ggml_sub(ctx, maxv, ggml_log(ctx, pmax));
+    dg.entropy = g.name(ggml_sub(ctx, lse, ggml_sum_rows(ctx, ggml_mul(ctx, p, lp))), "entropy");
+    ggml_tensor * below = ggml_step(ctx, ggml_neg(ctx, ggml_sub(ctx, ggml_cumsum(ctx, p), dg.uniforms)));
+    dg.sample = g.name(ggml_sum_rows(ctx, below), "sample");
+    for (ggml_tensor * t : {dg.argmax, dg.entropy, dg.sample}) {
+        ggml_set_output(t);
+        ggml_build_forward_expand(dg.gf, t);
+    }
+    // written last: everything above reads this step's lp, the next step reads it through sc_state
+    ggml_build_forward_expand(dg.gf, ggml_cpy(ctx, lp, sc_state));
     return dg;
 }
 
 void fill_decoder_inputs(const decoder_graph & dg, const kv_store & kv, const int32_t * canvas, int32_t C,
-                         float temperature, bool sc_on) {
+                         float temperature, bool sc_on, const float * uniforms) {
     const int32_t P = kv.n_past(), R = kv.ring(), W = kv.window();
     std::vector<int32_t> pos(C);
     std::vector<int64_t> sf(C), ss(C);
@@ -89,6 +110,9 @@ void fill_decoder_inputs(const decoder_graph & dg, const kv_store & kv, const in
     set_input(dg.temperature, &temperature, sizeof(float));
     const float on = sc_on ? 1.0f : 0.0f;
     set_input(dg.sc_on, &on, sizeof(float));
+    std::vector<float> u(uniforms ? uniforms : nullptr, uniforms ? uniforms + C : nullptr);
+    if (!uniforms) u.assign(C, 0.5f);
+    set_input(dg.uniforms, u.data(), sizeof(float) * C);
     if (dg.mask_swa && dg.mask_swa->buffer) {
         const ggml_fp16_t zero = ggml_fp32_to_fp16(0.0f), ninf = ggml_fp32_to_fp16(-INFINITY);
         std::vector<ggml_fp16_t> row(R);

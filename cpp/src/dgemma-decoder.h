@@ -17,7 +17,12 @@ struct decoder_graph {
     ggml_tensor * mask_swa = nullptr;    // F16 [R, C]: the visible window + the canvas; stale ring slots hidden
     ggml_tensor * temperature = nullptr; // F32 [1]
     ggml_tensor * sc_on = nullptr;       // F32 [1]: 1 = self-conditioning from sc_state, 0 = none
+    ggml_tensor * uniforms = nullptr;    // F32 [1, C]: one uniform draw per row for the categorical sample
     ggml_tensor * logits = nullptr;      // F32 [V, C] softcapped
+    // per-row reductions of the processed logits (logits / temperature), read back instead of the logits
+    ggml_tensor * argmax = nullptr;      // I32 [C]
+    ggml_tensor * entropy = nullptr;     // F32 [1, C] nats, of the tempered distribution
+    ggml_tensor * sample = nullptr;      // F32 [1, C] index of the inverse-CDF sample (count of cdf < u)
 };
 
 // sc_state: F32 [V, C] persistent tensor holding the previous step's processed logits; the graph reads it
@@ -25,6 +30,6 @@ struct decoder_graph {
 decoder_graph build_decoder(const graph_builder & g, const kv_store & kv, ggml_tensor * sc_state, int32_t C,
                             int graph_size);
 void fill_decoder_inputs(const decoder_graph & dg, const kv_store & kv, const int32_t * canvas, int32_t C,
-                         float temperature, bool sc_on);
+                         float temperature, bool sc_on, const float * uniforms);
 
 } // namespace dgemma
