@@ -37,6 +37,10 @@ def record_generate(ckpt: Path, prompt: np.ndarray, *, seed: int, steps: int, eo
         events.append(("multinomial", out.reshape(-1).numpy().copy()))
         return out
 
+    if "entropy_bound" in gen:  # the reference takes it inside a sampler config object
+        from transformers.models.diffusion_gemma.generation_diffusion_gemma import EntropyBoundSamplerConfig
+
+        gen["sampler_config"] = EntropyBoundSamplerConfig(entropy_bound=float(gen.pop("entropy_bound")))
     torch.manual_seed(seed)
     torch.randint, torch.multinomial = randint, multinomial
     try:

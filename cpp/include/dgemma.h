@@ -213,6 +213,7 @@ struct draft_event {
     int32_t n = 0;                 // canvas length
     const int32_t * argmax = nullptr;     // the draft: argmax canvas of this step
     const uint8_t * accepted = nullptr;   // entropy-bound acceptance per position
+    const float * entropy = nullptr;      // per position, nats, of the tempered distribution
     int32_t n_accepted = 0;
     float   mean_entropy = 0.0f;
 };

@@ -166,6 +166,7 @@ py::dict py_generate(dgemma::context & c, i32_array prompt, int max_new_tokens, 
                 d["argmax"] = py::array_t<int32_t>(ev.n, ev.argmax);
                 d["accepted"] = py::array_t<bool>(ev.n, reinterpret_cast<const bool *>(ev.accepted));
                 d["n_accepted"] = ev.n_accepted;
+                d["entropy"] = py::array_t<float>(ev.n, ev.entropy);
                 d["mean_entropy"] = ev.mean_entropy;
                 on_draft(d);
             });

@@ -138,6 +138,7 @@ generate_result generate(context & ctx, const int32_t * prompt, int32_t n_prompt
                 ev.n = C;
                 ev.argmax = argmax.data();
                 ev.accepted = accept.data();
+                ev.entropy = entropy.data();
                 ev.n_accepted = n_acc;
                 ev.mean_entropy = mean_h;
                 p.on_draft(ev);
