@@ -273,6 +273,22 @@ struct generate_result {
 // Invalid settings throw dgemma::error before any compute; an abort leaves the context usable.
 generate_result generate(context & ctx, const int32_t * prompt, int32_t n_prompt, const generate_params & params);
 
+// ---- tokenizer data --------------------------------------------------------------------------------------
+
+struct vocab_data {
+    std::string model;                    // tokenizer.ggml.model
+    std::vector<std::string> tokens;
+    std::vector<int32_t> types;           // llama.cpp token types (1 normal, 3 control, 4 user-defined, 6 byte)
+    std::vector<std::string> merges;
+    int32_t bos_id = -1, eos_id = -1, pad_id = -1;
+    bool add_bos = true;
+    std::string chat_template;            // empty when absent
+    std::vector<int32_t> eog_ids;
+};
+
+// Reads the tokenizer arrays of any GGUF that has them (a model or a vocabulary-only file).
+vocab_data read_vocab(const std::string & path);
+
 // Log sink for the engine and ggml. level: 1 = debug, 2 = info, 3 = warn, 4 = error (ggml's values).
 // Without a callback, warnings and errors go to stderr.
 using log_callback = void (*)(int level, const char * text, void * user_data);

@@ -129,7 +129,7 @@ py::dict py_generate(dgemma::context & c, i32_array prompt, int max_new_tokens, 
                      std::optional<double> t_min, std::optional<double> t_max, std::optional<double> entropy_bound,
                      std::optional<int> stability, std::optional<double> confidence, bool adaptive_stop,
                      uint64_t seed, std::optional<std::vector<int32_t>> eos_ids, py::object on_draft,
-                     py::object on_commit, py::object forced) {
+                     py::object on_commit, py::object should_abort, py::object forced) {
     if (prompt.ndim() != 1) throw py::value_error("generate: prompt must be a 1-D array of token ids");
     dgemma::generate_params p;
     p.max_new_tokens = max_new_tokens;
@@ -188,9 +188,9 @@ py::dict py_generate(dgemma::context & c, i32_array prompt, int max_new_tokens, 
         bool stop = false;
         guard([&] {
             if (PyErr_CheckSignals() != 0) throw py::error_already_set();
+            if (!should_abort.is_none() && should_abort().cast<bool>()) stop = true;
         });
-        stop = pending != nullptr;
-        return stop;
+        return stop || pending != nullptr;
     };
     i32_array f_init, f_sampled, f_noise;
     if (!forced.is_none()) {
@@ -335,7 +335,7 @@ PYBIND11_MODULE(_core, m) {
           py::arg("entropy_bound") = py::none(), py::arg("stability_threshold") = py::none(),
           py::arg("confidence_threshold") = py::none(), py::arg("adaptive_stop") = true, py::arg("seed") = 0,
           py::arg("eos_ids") = py::none(), py::arg("on_draft") = py::none(), py::arg("on_commit") = py::none(),
-          py::arg("forced") = py::none(),
+          py::arg("should_abort") = py::none(), py::arg("forced") = py::none(),
           "Run the reference generate() loop. Callbacks receive dicts; Ctrl-C or an exception in a callback "
           "stops generation after the current step and is re-raised; the context stays usable.");
 
@@ -348,6 +348,33 @@ PYBIND11_MODULE(_core, m) {
         std::copy(acc.begin(), acc.end(), reinterpret_cast<uint8_t *>(out.mutable_data()));
         return out;
     }, py::arg("entropy"), py::arg("bound"), "Entropy-bound acceptance mask (reference accept_canvas).");
+
+    m.def("read_vocab", [](const std::string & path) {
+        dgemma::vocab_data v;
+        {
+            py::gil_scoped_release release;
+            v = dgemma::read_vocab(path);
+        }
+        py::dict d;
+        d["model"] = v.model;
+        py::list toks(v.tokens.size());
+        for (size_t i = 0; i < v.tokens.size(); i++) {
+            // token texts are UTF-8 in every file we know; keep invalid bytes visible instead of failing
+            PyObject * s = PyUnicode_DecodeUTF8(v.tokens[i].data(), (Py_ssize_t) v.tokens[i].size(), "surrogateescape");
+            if (!s) throw py::error_already_set();
+            toks[i] = py::reinterpret_steal<py::object>(s);
+        }
+        d["tokens"] = toks;
+        d["types"] = v.types;
+        d["merges"] = v.merges;
+        d["bos_id"] = v.bos_id;
+        d["eos_id"] = v.eos_id;
+        d["pad_id"] = v.pad_id;
+        d["add_bos"] = v.add_bos;
+        d["chat_template"] = v.chat_template;
+        d["eog_ids"] = v.eog_ids;
+        return d;
+    }, py::arg("path"), "The tokenizer arrays of a GGUF (a model or a vocabulary-only file).");
 
     m.def("version", &dgemma::version);
     m.def("ggml_version", &dgemma::ggml_version);

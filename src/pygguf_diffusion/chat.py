@@ -1,0 +1,76 @@
+"""Chat templates: the GGUF's `tokenizer.chat_template` rendered with jinja2 the way transformers'
+`apply_chat_template` renders it (sandboxed, trim_blocks + lstrip_blocks, loop controls, a `tojson` that
+keeps non-ASCII, `raise_exception`, `strftime_now`)."""
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from functools import lru_cache
+from typing import Any
+
+import jinja2
+import jinja2.ext
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+
+class ChatTemplateError(ValueError):
+    """The template could not be rendered for these messages."""
+
+
+def _raise(message: str) -> None:
+    raise jinja2.exceptions.TemplateError(message)
+
+
+def _tojson(x: Any, ensure_ascii: bool = False, indent: int | None = None, separators: Any = None,
+            sort_keys: bool = False) -> str:
+    return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
+
+
+class _Namespace(jinja2.utils.Namespace):
+    """A namespace that refuses underscore attributes (no reach into interpreter internals)."""
+
+    def __init__(*args: Any, **kwargs: Any) -> None:  # noqa: N805 - jinja's own signature trick
+        self, args = args[0], args[1:]
+        attrs = dict(*args, **kwargs)
+        for name in attrs:
+            _Namespace._check(name)
+        jinja2.utils.Namespace.__init__(self, attrs)
+
+    def __setitem__(self, name: str, value: Any) -> None:
+        _Namespace._check(name)
+        jinja2.utils.Namespace.__setitem__(self, name, value)
+
+    @staticmethod
+    def _check(name: Any) -> None:
+        if isinstance(name, str) and name.startswith("_"):
+            raise jinja2.exceptions.SecurityError(f"chat templates cannot set {name!r} on a namespace")
+
+
+@lru_cache(maxsize=8)
+def _compile(template: str) -> jinja2.Template:
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[jinja2.ext.loopcontrols])
+    env.filters["tojson"] = _tojson
+    env.globals["raise_exception"] = _raise
+    env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
+    env.globals["namespace"] = _Namespace
+    try:
+        return env.from_string(template)
+    except jinja2.exceptions.TemplateSyntaxError as e:
+        raise ChatTemplateError(f"the model's chat template does not parse: {e}") from e
+
+
+def render_chat(template: str, messages: Sequence[Mapping[str, Any]], *, add_generation_prompt: bool = True,
+                bos_token: str = "<bos>", eos_token: str = "<eos>", tools: list[dict] | None = None,
+                **extra: Any) -> str:
+    """The prompt text for `messages` ({"role", "content"} dicts). The Gemma templates emit `<bos>`
+    themselves, so tokenize the result without adding another."""
+    for i, m in enumerate(messages):
+        if not isinstance(m, Mapping) or "role" not in m:
+            raise ChatTemplateError(f"message {i} must be a dict with a 'role' (and usually 'content')")
+    try:
+        return _compile(template).render(messages=[dict(m) for m in messages], tools=tools,
+                                         add_generation_prompt=add_generation_prompt, bos_token=bos_token,
+                                         eos_token=eos_token, **extra)
+    except jinja2.exceptions.TemplateError as e:
+        raise ChatTemplateError(f"cannot render the chat: {e}") from e

@@ -1,0 +1,299 @@
+"""The Python API: load a DiffusionGemma GGUF, generate (streaming first), chat."""
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import secrets
+import threading
+import time
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from . import _core, _logging
+from .chat import render_chat
+from .tokenizer import GemmaTokenizer
+from .types import CommitEvent, DraftEvent, Event, GenerationResult, GenerationStats
+
+logger = logging.getLogger(__name__)
+
+_POLL_S = 0.05  # how often a waiting consumer wakes up, so Ctrl-C reaches it promptly
+
+
+class Model:
+    """A DiffusionGemma model with one sequence context (its prompt KV store).
+
+    >>> m = Model("model.gguf", n_ctx=8192, seed=0)
+    >>> m.generate("Why is the sky blue?", max_new_tokens=256).text
+    >>> for ev in m.stream_generate("Hi", drafts=True): ...
+
+    Not thread-safe: one generation at a time per Model.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], *, n_gpu_layers: int = -1, n_ctx: int = 4096,
+                 n_threads: int | None = None, n_batch: int = 512, seed: int | None = None, verbose: bool = False,
+                 cpu_moe: bool = False) -> None:
+        path = os.fspath(path)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"{path}: no such model file; pass a .gguf path or use Model.from_pretrained")
+        for name, v in (("n_ctx", n_ctx), ("n_batch", n_batch)):
+            if not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name} must be a positive integer, got {v!r}")
+        if n_threads is not None and (not isinstance(n_threads, int) or n_threads < 1):
+            raise ValueError(f"n_threads must be a positive integer or None, got {n_threads!r}")
+        _logging.install()
+        if verbose:
+            logging.getLogger("pygguf_diffusion").setLevel(logging.INFO)
+        self.path = path
+        self._model = _core.Model(path, n_gpu_layers, cpu_moe)
+        self.info: dict[str, Any] = self._model.info()
+        self.tokenizer = GemmaTokenizer.from_gguf(path)
+        self._ctx = _core.Context(self._model, n_ctx=n_ctx, n_batch=n_batch, n_threads=n_threads or 0)
+        self._seed = seed
+        self._stored: list[int] = []  # tokens whose K/V the context holds, in order
+        self._busy = False
+
+    # ---- construction from the Hub --------------------------------------------------------------------
+    @classmethod
+    def from_pretrained(cls, repo_id: str, *, quant: str | None = "Q4_K_M", filename: str | None = None,
+                        **kwargs: Any) -> Model:
+        """Download (or find in the Hugging Face cache) a GGUF from `repo_id` and load it."""
+        from .hub import download_gguf
+
+        return cls(download_gguf(repo_id, quant=quant, filename=filename), **kwargs)
+
+    # ---- basics ------------------------------------------------------------------------------------------
+    @property
+    def n_ctx(self) -> int:
+        return self._ctx.n_ctx
+
+    @property
+    def canvas_length(self) -> int:
+        return self._ctx.canvas_length
+
+    @property
+    def name(self) -> str:
+        return self.info.get("name") or os.path.basename(self.path)
+
+    def tokenize(self, text: str, *, add_bos: bool = True) -> list[int]:
+        return self.tokenizer.encode(text, add_bos=add_bos)
+
+    def detokenize(self, tokens: Sequence[int]) -> str:
+        return self.tokenizer.decode(tokens)
+
+    def apply_chat_template(self, messages: Sequence[Mapping[str, Any]], *, add_generation_prompt: bool = True,
+                            **kwargs: Any) -> str:
+        template = self.tokenizer.chat_template
+        if not template:
+            raise ValueError(f"{self.path}: the GGUF has no tokenizer.chat_template; pass a plain prompt instead")
+        return render_chat(template, messages, add_generation_prompt=add_generation_prompt,
+                           bos_token=self.tokenizer.token_text(self.tokenizer.bos_id),
+                           eos_token=self.tokenizer.token_text(self.tokenizer.eos_id), **kwargs)
+
+    def reset(self) -> None:
+        """Forget the stored prefix (the next call encodes its whole prompt)."""
+        self._ctx.truncate(0)
+        self._stored = []
+
+    def close(self) -> None:
+        self._ctx = None  # type: ignore[assignment]
+        self._model = None  # type: ignore[assignment]
+
+    def __enter__(self) -> Model:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ---- generation ----------------------------------------------------------------------------------
+    def stream_generate(self, prompt: str | Sequence[int], *, max_new_tokens: int | None = None,
+                        max_denoising_steps: int | None = None, entropy_bound: float | None = None,
+                        t_min: float | None = None, t_max: float | None = None,
+                        stability_threshold: int | None = None, confidence_threshold: float | None = None,
+                        seed: int | None = None, drafts: bool = True) -> Iterator[Event]:
+        """Yield a DraftEvent per denoising step (if `drafts`), a CommitEvent per canvas, then the
+        GenerationResult. Stopping the iteration (or Ctrl-C) stops generation after the current step and
+        leaves the model usable. Unset settings come from the GGUF (the checkpoint's generation_config)."""
+        if self._ctx is None:
+            raise RuntimeError("the model is closed")
+        if self._busy:
+            raise RuntimeError("a generation is already running on this Model")
+        settings = _check_settings(max_new_tokens=max_new_tokens, max_denoising_steps=max_denoising_steps,
+                                   entropy_bound=entropy_bound, t_min=t_min, t_max=t_max,
+                                   stability_threshold=stability_threshold,
+                                   confidence_threshold=confidence_threshold)
+        tokens = self.tokenize(prompt) if isinstance(prompt, str) else [int(t) for t in prompt]
+        if not tokens:
+            raise ValueError("the prompt is empty")
+        if seed is None:
+            seed = self._seed if self._seed is not None else secrets.randbits(63)
+        return self._stream(tokens, settings, int(seed), drafts)
+
+    def generate(self, prompt: str | Sequence[int], **kwargs: Any) -> GenerationResult:
+        """Generate to the end and return text, tokens, finish reason and stats (same settings as
+        stream_generate)."""
+        result = None
+        for ev in self.stream_generate(prompt, drafts=False, **kwargs):
+            if isinstance(ev, GenerationResult):
+                result = ev
+        assert result is not None
+        return result
+
+    def _reuse_prefix(self, tokens: list[int]) -> list[int]:
+        """Keep the stored K/V of the longest common prefix; return the tokens still to encode."""
+        n = 0
+        for a, b in zip(self._stored, tokens):
+            if a != b:
+                break
+            n += 1
+        n = min(n, len(tokens) - 1)  # at least one token must be encoded by generate()
+        if n < len(self._stored):
+            try:
+                self._ctx.truncate(n)
+            except _core.EngineError:
+                self._ctx.truncate(0)
+                n = 0
+            self._stored = self._stored[:n]
+        if n:
+            logger.debug("reusing %d stored tokens of %d", n, len(tokens))
+        return tokens[n:]
+
+    def _stream(self, tokens: list[int], settings: dict[str, Any], seed: int, drafts: bool) -> Iterator[Event]:
+        self._busy = True
+        q: queue.Queue = queue.Queue()
+        abort = threading.Event()
+        commits: list[dict] = []
+        eog = set(self.tokenizer.eog_ids)
+        todo = self._reuse_prefix(tokens)
+        stored_before = list(self._stored)
+
+        def on_draft(d: dict) -> None:
+            q.put(("draft", d))
+
+        def on_commit(d: dict) -> None:
+            commits.append(d)
+            q.put(("commit", d))
+
+        def work() -> None:
+            try:
+                r = _core.generate(self._ctx, np.asarray(todo, dtype=np.int32), seed=seed, eos_ids=sorted(eog),
+                                   on_draft=on_draft if drafts else None, on_commit=on_commit,
+                                   should_abort=abort.is_set, **settings)
+                q.put(("done", r))
+            except BaseException as e:  # noqa: BLE001 - handed to the consumer thread
+                q.put(("error", e))
+
+        worker = threading.Thread(target=work, name="dgemma-generate", daemon=True)
+        answer: list[int] = []
+        text = ""
+        worker.start()
+        try:
+            while True:
+                try:
+                    kind, payload = q.get(timeout=_POLL_S)
+                except queue.Empty:
+                    continue
+                if kind == "draft":
+                    toks = payload["argmax"].tolist()
+                    yield DraftEvent(canvas_index=payload["canvas_index"], step=payload["step"],
+                                     steps_remaining=payload["steps_remaining"],
+                                     temperature=float(payload["temperature"]), tokens=toks,
+                                     accepted=payload["accepted"].tolist(),
+                                     mean_entropy=float(payload["mean_entropy"]),
+                                     text=self.tokenizer.decode([t for t in toks if t not in eog]))
+                elif kind == "commit":
+                    toks = payload["tokens"].tolist()
+                    answer.extend(t for t in toks if t not in eog)
+                    new_text = self.tokenizer.decode(answer)
+                    delta, text = new_text[len(text):] if new_text.startswith(text) else new_text, new_text
+                    yield CommitEvent(canvas_index=payload["canvas_index"], tokens=toks, steps=payload["steps"],
+                                      text=delta, last=bool(payload["last"]))
+                elif kind == "error":
+                    raise _translate(payload)
+                else:
+                    r = payload
+                    yield GenerationResult(text=self.tokenizer.decode(answer), tokens=list(r["tokens"]),
+                                           finish_reason=r["finish_reason"],
+                                           stats=GenerationStats.from_dict(r["stats"]), prompt_tokens=tokens)
+                    return
+        finally:
+            abort.set()
+            worker.join()
+            self._busy = False
+            self._settle(stored_before + todo, commits)
+
+    def _settle(self, prompt: list[int], commits: list[dict]) -> None:
+        """Record what the context now holds: the prompt and every re-encoded (non-final) canvas."""
+        stored = list(prompt)
+        for c in commits:
+            if not c["last"]:
+                stored.extend(c["tokens"].tolist())
+        if self._ctx.n_past != len(stored):  # e.g. an error before the prompt was encoded
+            stored = stored[: self._ctx.n_past] if self._ctx.n_past < len(stored) else []
+            if not stored:
+                self._ctx.truncate(0)
+        self._stored = stored
+
+    # ---- chat ----------------------------------------------------------------------------------------
+    def create_chat_completion(self, messages: Sequence[Mapping[str, Any]], *, stream: bool = False,
+                               max_tokens: int | None = None, **kwargs: Any) -> dict | Iterator[dict]:
+        """OpenAI-shaped chat completion (`stream=True`: chat.completion.chunk dicts). Settings as
+        stream_generate; `max_tokens` is accepted as the OpenAI name of max_new_tokens."""
+        if max_tokens is not None:
+            if "max_new_tokens" in kwargs:
+                raise ValueError("pass max_tokens or max_new_tokens, not both")
+            kwargs["max_new_tokens"] = max_tokens
+        prompt = self.apply_chat_template(messages, add_generation_prompt=True)
+        tokens = self.tokenizer.encode(prompt)  # the template emits <bos> itself
+        cid, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
+        if not stream:
+            r = self.generate(tokens, **kwargs)
+            return {"id": cid, "object": "chat.completion", "created": created, "model": self.name,
+                    "choices": [{"index": 0, "message": {"role": "assistant", "content": r.text},
+                                 "finish_reason": r.finish_reason}],
+                    "usage": _usage(len(tokens), r)}
+        return self._chat_chunks(tokens, cid, created, kwargs)
+
+    def _chat_chunks(self, tokens: list[int], cid: str, created: int, kwargs: dict) -> Iterator[dict]:
+        def chunk(delta: dict, finish: str | None = None, **extra: Any) -> dict:
+            return {"id": cid, "object": "chat.completion.chunk", "created": created, "model": self.name,
+                    "choices": [{"index": 0, "delta": delta, "finish_reason": finish}], **extra}
+
+        yield chunk({"role": "assistant", "content": ""})
+        for ev in self.stream_generate(tokens, drafts=False, **kwargs):
+            if isinstance(ev, CommitEvent) and ev.text:
+                yield chunk({"content": ev.text})
+            elif isinstance(ev, GenerationResult):
+                yield chunk({}, ev.finish_reason, usage=_usage(len(tokens), ev))
+
+
+def _usage(n_prompt: int, r: GenerationResult) -> dict:
+    return {"prompt_tokens": n_prompt, "completion_tokens": len(r.tokens), "total_tokens": n_prompt + len(r.tokens)}
+
+
+def _check_settings(**kw: Any) -> dict[str, Any]:
+    ints = ("max_new_tokens", "max_denoising_steps", "stability_threshold")
+    out: dict[str, Any] = {}
+    for k, v in kw.items():
+        if v is None:
+            continue
+        if k in ints:
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+                raise ValueError(f"{k} must be an integer, got {v!r}")
+            out[k] = int(v)
+        else:
+            if isinstance(v, bool) or not isinstance(v, (int, float, np.floating)) or not np.isfinite(v):
+                raise ValueError(f"{k} must be a finite number, got {v!r}")
+            out[k] = float(v)
+    if out.get("max_new_tokens", 1) < 1:
+        raise ValueError(f"max_new_tokens must be >= 1, got {out['max_new_tokens']}")
+    return out
+
+
+def _translate(e: BaseException) -> BaseException:
+    if isinstance(e, _core.EngineError) and str(e).startswith("invalid generation setting"):
+        return ValueError(str(e))
+    return e
