@@ -273,6 +273,9 @@ struct generate_result {
 // Invalid settings throw dgemma::error before any compute; an abort leaves the context usable.
 generate_result generate(context & ctx, const int32_t * prompt, int32_t n_prompt, const generate_params & params);
 
+// The checks generate() starts with, alone: throws dgemma::error for an invalid setting.
+void check_generate_params(const context & ctx, const generate_params & params);
+
 // ---- tokenizer data --------------------------------------------------------------------------------------
 
 struct vocab_data {

@@ -125,12 +125,10 @@ py::dict stats_dict(const dgemma::generate_stats & st) {
     return d;
 }
 
-py::dict py_generate(dgemma::context & c, i32_array prompt, int max_new_tokens, std::optional<int> steps,
-                     std::optional<double> t_min, std::optional<double> t_max, std::optional<double> entropy_bound,
-                     std::optional<int> stability, std::optional<double> confidence, bool adaptive_stop,
-                     uint64_t seed, std::optional<std::vector<int32_t>> eos_ids, py::object on_draft,
-                     py::object on_commit, py::object should_abort, py::object forced) {
-    if (prompt.ndim() != 1) throw py::value_error("generate: prompt must be a 1-D array of token ids");
+dgemma::generate_params make_params(int max_new_tokens, std::optional<int> steps, std::optional<double> t_min,
+                                    std::optional<double> t_max, std::optional<double> entropy_bound,
+                                    std::optional<int> stability, std::optional<double> confidence, bool adaptive_stop,
+                                    uint64_t seed, const std::optional<std::vector<int32_t>> & eos_ids) {
     dgemma::generate_params p;
     p.max_new_tokens = max_new_tokens;
     p.max_denoising_steps = steps;
@@ -142,7 +140,17 @@ py::dict py_generate(dgemma::context & c, i32_array prompt, int max_new_tokens, 
     p.adaptive_stop = adaptive_stop;
     p.seed = seed;
     if (eos_ids) p.eos_ids = *eos_ids;
+    return p;
+}
 
+py::dict py_generate(dgemma::context & c, i32_array prompt, int max_new_tokens, std::optional<int> steps,
+                     std::optional<double> t_min, std::optional<double> t_max, std::optional<double> entropy_bound,
+                     std::optional<int> stability, std::optional<double> confidence, bool adaptive_stop,
+                     uint64_t seed, std::optional<std::vector<int32_t>> eos_ids, py::object on_draft,
+                     py::object on_commit, py::object should_abort, py::object forced) {
+    if (prompt.ndim() != 1) throw py::value_error("generate: prompt must be a 1-D array of token ids");
+    dgemma::generate_params p = make_params(max_new_tokens, steps, t_min, t_max, entropy_bound, stability, confidence,
+                                            adaptive_stop, seed, eos_ids);
     // Python errors raised inside callbacks (KeyboardInterrupt included) abort the loop and are re-raised
     // once the engine has returned.
     std::unique_ptr<py::error_already_set> pending;
@@ -338,6 +346,17 @@ PYBIND11_MODULE(_core, m) {
           py::arg("should_abort") = py::none(), py::arg("forced") = py::none(),
           "Run the reference generate() loop. Callbacks receive dicts; Ctrl-C or an exception in a callback "
           "stops generation after the current step and is re-raised; the context stays usable.");
+
+    m.def("check_generate", [](const dgemma::context & c, int max_new_tokens, std::optional<int> steps,
+                               std::optional<double> t_min, std::optional<double> t_max,
+                               std::optional<double> entropy_bound, std::optional<int> stability,
+                               std::optional<double> confidence, std::optional<std::vector<int32_t>> eos_ids) {
+        dgemma::check_generate_params(c, make_params(max_new_tokens, steps, t_min, t_max, entropy_bound, stability,
+                                                     confidence, true, 0, eos_ids));
+    }, py::arg("context"), py::arg("max_new_tokens") = -1, py::arg("max_denoising_steps") = py::none(),
+       py::arg("t_min") = py::none(), py::arg("t_max") = py::none(), py::arg("entropy_bound") = py::none(),
+       py::arg("stability_threshold") = py::none(), py::arg("confidence_threshold") = py::none(),
+       py::arg("eos_ids") = py::none(), "Validate generation settings without running anything.");
 
     m.def("schedule_temperature", &dgemma::schedule_temperature, py::arg("t_min"), py::arg("t_max"),
           py::arg("k"), py::arg("n_steps"), "The reference temperature at k steps remaining (float32 math).");

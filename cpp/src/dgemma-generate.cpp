@@ -65,6 +65,8 @@ settings resolve(const context & ctx, const generate_params & p) {
 
 } // namespace
 
+void check_generate_params(const context & ctx, const generate_params & p) { (void) resolve(ctx, p); }
+
 generate_result generate(context & ctx, const int32_t * prompt, int32_t n_prompt, const generate_params & p) {
     const settings s = resolve(ctx, p);
     const int32_t C = ctx.canvas_length(), V = ctx.info().hp.n_vocab, N = s.steps;

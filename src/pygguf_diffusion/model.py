@@ -128,6 +128,10 @@ class Model:
         tokens = self.tokenize(prompt) if isinstance(prompt, str) else [int(t) for t in prompt]
         if not tokens:
             raise ValueError("the prompt is empty")
+        try:  # the engine's own checks, before anything touches the stored prefix
+            _core.check_generate(self._ctx, eos_ids=sorted(self.tokenizer.eog_ids), **settings)
+        except _core.EngineError as e:
+            raise _translate(e) from None
         if seed is None:
             seed = self._seed if self._seed is not None else secrets.randbits(63)
         return self._stream(tokens, settings, int(seed), drafts)
