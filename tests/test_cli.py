@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -37,9 +38,10 @@ def test_one_shot_prints_the_answer_on_stdout_and_stats_on_stderr(gguf):
 
 def test_interactive_session_commands(gguf):
     script = "the hat\n/regen\nfirst \\\nsecond\n\"\"\"\na\nb\n\"\"\"\n/clear\n/bogus\n/help\n/exit\n"
-    r = run("-m", gguf, "-c", "512", "-n", "8", "--steps", "2", "-t", "2", stdin=script)
+    r = run("-m", gguf, "-c", "512", "-n", "8", "--steps", "2", "-t", "2", "-s", "4", stdin=script)
     assert r.returncode == 0, r.stderr
-    assert r.stderr.count("[length] 8 tokens") == 4  # the hat, /regen, the continued line, the block
+    # four answers: the hat, /regen, the continued line, the block
+    assert len(re.findall(r"^\[(stop|length)\] \d+ tokens", r.stderr, flags=re.M)) == 4
     assert "(conversation cleared)" in r.stderr and "unknown command /bogus" in r.stderr
     assert "/regen      answer the last message again" in r.stderr
     assert "prompt 1 tok" in r.stderr  # /regen re-encodes only what differs from the stored prefix
