@@ -118,13 +118,23 @@ public:
         compute(dec_.gf);
         have_previous_ = true;
         if (logits_out) ggml_backend_tensor_get(dec_.logits, logits_out, 0, sizeof(float) * V * C);
-        if (argmax) ggml_backend_tensor_get(dec_.argmax, argmax, 0, sizeof(int32_t) * C);
-        if (entropy) ggml_backend_tensor_get(dec_.entropy, entropy, 0, sizeof(float) * C);
-        if (sample) {
-            std::vector<float> cnt(C);
-            ggml_backend_tensor_get(dec_.sample, cnt.data(), 0, sizeof(float) * C);
-            // the count of cdf entries below u; rounding can leave the last cdf entry under u
-            for (int32_t i = 0; i < C; i++) sample[i] = std::min((int32_t) cnt[i], (int32_t) V - 1);
+        if (dec_.reduced && (argmax || entropy || sample)) {
+            std::vector<float> red((size_t) 3 * C);
+            ggml_backend_tensor_get(dec_.reduced, red.data(), 0, sizeof(float) * red.size());
+            for (int32_t i = 0; i < C; i++) {
+                if (argmax) argmax[i] = (int32_t) red[(size_t) 3 * i + 0];
+                if (entropy) entropy[i] = red[(size_t) 3 * i + 1];
+                if (sample) sample[i] = (int32_t) red[(size_t) 3 * i + 2];
+            }
+        } else if (!dec_.reduced) {
+            if (argmax) ggml_backend_tensor_get(dec_.argmax, argmax, 0, sizeof(int32_t) * C);
+            if (entropy) ggml_backend_tensor_get(dec_.entropy, entropy, 0, sizeof(float) * C);
+            if (sample) {
+                std::vector<float> cnt(C);
+                ggml_backend_tensor_get(dec_.sample, cnt.data(), 0, sizeof(float) * C);
+                // the count of cdf entries below u; rounding can leave the last cdf entry under u
+                for (int32_t i = 0; i < C; i++) sample[i] = std::min((int32_t) cnt[i], (int32_t) V - 1);
+            }
         }
     }
 

@@ -10,4 +10,9 @@ namespace dgemma {
 // `cap` must outlive the graph (the model's hparams do).
 ggml_tensor * softcap_cpu_inplace(ggml_context * ctx, ggml_tensor * x, const float * cap);
 
+// Per-row reductions of processed logits lp [V, C] against uniforms [1, C], fused in one kernel:
+// returns [3, C] f32 rows of (argmax, entropy, inverse-CDF sample index). Argmax takes the lowest index on
+// ties; entropy = lse - sum(p * lp) with double accumulators; the sample is the count of cdf entries < u.
+ggml_tensor * row_reductions_cpu(ggml_context * ctx, ggml_tensor * lp, ggml_tensor * uniforms);
+
 } // namespace dgemma

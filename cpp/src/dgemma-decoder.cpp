@@ -2,6 +2,7 @@
 #include "dgemma-cpu-ops.h"
 
 #include <cmath>
+#include <cstdlib>
 #include <vector>
 
 namespace dgemma {
@@ -73,20 +74,29 @@ decoder_graph build_decoder(const graph_builder & g, const kv_store & kv, ggml_t
     ggml_tensor * lp = g.name(ggml_div(ctx, dg.logits, dg.temperature), "processed_logits");
 
     // Per-row reductions so a step moves O(C) numbers to the host (SPEC §6): argmax (lowest index on
-    // ties), the entropy of softmax(lp) = lse - sum(p * lp) with lse = max - log(p[argmax]), and an
-    // inverse-CDF categorical sample against one uniform per row.
-    dg.argmax = g.name(ggml_argmax(ctx, lp), "argmax");
-    ggml_tensor * p = ggml_soft_max(ctx, lp);
-    ggml_tensor * at = ggml_reshape_2d(ctx, dg.argmax, 1, C);
-    ggml_tensor * maxv = ggml_reshape_2d(ctx, ggml_get_rows(ctx, ggml_reshape_3d(ctx, lp, 1, V, C), at), 1, C);
-    ggml_tensor * pmax = ggml_reshape_2d(ctx, ggml_get_rows(ctx, ggml_reshape_3d(ctx, p, 1, V, C), at), 1, C);
-    ggml_tensor * lse = ggml_sub(ctx, maxv, ggml_log(ctx, pmax));
-    dg.entropy = g.name(ggml_sub(ctx, lse, ggml_sum_rows(ctx, ggml_mul(ctx, p, lp))), "entropy");
-    ggml_tensor * below = ggml_step(ctx, ggml_neg(ctx, ggml_sub(ctx, ggml_cumsum(ctx, p), dg.uniforms)));
-    dg.sample = g.name(ggml_sum_rows(ctx, below), "sample");
-    for (ggml_tensor * t : {dg.argmax, dg.entropy, dg.sample}) {
-        ggml_set_output(t);
-        ggml_build_forward_expand(dg.gf, t);
+    // ties), the entropy of softmax(lp), and an inverse-CDF categorical sample against one uniform per
+    // row. On the CPU one fused kernel; elsewhere ggml ops: entropy = lse - sum(p * lp) with
+    // lse = max - log(p[argmax]), sample = count of cdf entries below u.
+    // DGEMMA_GENERIC_REDUCTIONS=1 forces the backend-independent ops on the CPU too (tests, debugging)
+    static const bool force_generic = std::getenv("DGEMMA_GENERIC_REDUCTIONS") != nullptr;
+    if (m.backend_globals == m.backend_cpu && !force_generic) {
+        dg.reduced = g.name(row_reductions_cpu(ctx, lp, dg.uniforms), "row_reductions");
+        ggml_set_output(dg.reduced);
+        ggml_build_forward_expand(dg.gf, dg.reduced);
+    } else {
+        dg.argmax = g.name(ggml_argmax(ctx, lp), "argmax");
+        ggml_tensor * p = ggml_soft_max(ctx, lp);
+        ggml_tensor * at = ggml_reshape_2d(ctx, dg.argmax, 1, C);
+        ggml_tensor * maxv = ggml_reshape_2d(ctx, ggml_get_rows(ctx, ggml_reshape_3d(ctx, lp, 1, V, C), at), 1, C);
+        ggml_tensor * pmax = ggml_reshape_2d(ctx, ggml_get_rows(ctx, ggml_reshape_3d(ctx, p, 1, V, C), at), 1, C);
+        ggml_tensor * lse = ggml_sub(ctx, maxv, ggml_log(ctx, pmax));
+        dg.entropy = g.name(ggml_sub(ctx, lse, ggml_sum_rows(ctx, ggml_mul(ctx, p, lp))), "entropy");
+        ggml_tensor * below = ggml_step(ctx, ggml_neg(ctx, ggml_sub(ctx, ggml_cumsum(ctx, p), dg.uniforms)));
+        dg.sample = g.name(ggml_sum_rows(ctx, below), "sample");
+        for (ggml_tensor * t : {dg.argmax, dg.entropy, dg.sample}) {
+            ggml_set_output(t);
+            ggml_build_forward_expand(dg.gf, t);
+        }
     }
     // written last: everything above reads this step's lp, the next step reads it through sc_state
     ggml_build_forward_expand(dg.gf, ggml_cpy(ctx, lp, sc_state));

@@ -23,6 +23,7 @@ struct decoder_graph {
     ggml_tensor * argmax = nullptr;      // I32 [C]
     ggml_tensor * entropy = nullptr;     // F32 [1, C] nats, of the tempered distribution
     ggml_tensor * sample = nullptr;      // F32 [1, C] index of the inverse-CDF sample (count of cdf < u)
+    ggml_tensor * reduced = nullptr;     // CPU: the three above fused, F32 [3, C] (argmax, entropy, sample)
 };
 
 // sc_state: F32 [V, C] persistent tensor holding the previous step's processed logits; the graph reads it

@@ -1,0 +1,92 @@
+#!/usr/bin/env python3
+"""End-to-end generation: pygguf_diffusion's loop next to transformers' generate(), same model, same run.
+
+One canvas (default 256 tokens) after a 64-token prompt, a fixed number of denoising steps for both
+(adaptive stop off: random weights never converge), so the figure is ms per full step — decoder forward
+plus the sampler's vocabulary-wide work (softmax, entropy, categorical sample, argmax) — and committed
+tok/s for the canvas. Uses the model bench_step.py builds (cached).
+
+    python benchmarks/bench_generate.py [--threads 2] [--steps 4] [--outtype f32]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent / "tests"))
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--vocab", type=int, default=262144)
+    ap.add_argument("--canvas", type=int, default=256)
+    ap.add_argument("--prompt", type=int, default=64)
+    ap.add_argument("--steps", type=int, default=4)
+    ap.add_argument("--outtype", default="f32", choices=["f32", "f16", "bf16", "q8_0"])
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--cache", default=str(HERE / ".cache"))
+    ap.add_argument("--no-reference", action="store_true")
+    args = ap.parse_args()
+
+    import torch
+
+    from bench_step import build_checkpoint
+    from pygguf_diffusion import _core
+    from pygguf_diffusion.convert import convert
+
+    cache = Path(args.cache)
+    cache.mkdir(parents=True, exist_ok=True)
+    ckpt = build_checkpoint(cache / f"ckpt-v{args.vocab}-c{args.canvas}", args.vocab, args.canvas)
+    gguf = cache / f"bench-v{args.vocab}-c{args.canvas}-{args.outtype}.gguf"
+    if not gguf.exists():
+        convert(ckpt, gguf, args.outtype)
+    prompt = np.random.default_rng(0).integers(0, args.vocab, args.prompt).astype(np.int32)
+    # stopping only on an id the tiny test tokenizer never produces keeps every run at one full canvas
+    never = [args.vocab - 1]
+
+    model = _core.Model(str(gguf))
+    ours = []
+    for i in range(args.repeats + 1):
+        ctx = _core.Context(model, n_ctx=args.prompt + 2 * args.canvas, n_threads=args.threads)
+        r = _core.generate(ctx, prompt, max_new_tokens=args.canvas, max_denoising_steps=args.steps,
+                           adaptive_stop=False, seed=i, eos_ids=never)
+        if i:  # the first run pages the weights in
+            ours.append(r["stats"])
+    res = {"threads": args.threads, "weights": args.outtype, "vocab": args.vocab, "canvas": args.canvas,
+           "prompt": args.prompt, "steps": args.steps, "repeats": args.repeats,
+           "engine": {"ms_per_step": statistics.median(s["decode_ms"] / s["decoder_forwards"] for s in ours),
+                      "committed_tok_s": statistics.median(s["committed_tokens"] / (s["total_ms"] / 1000) for s in ours),
+                      "total_ms": statistics.median(s["total_ms"] for s in ours)}}
+    if not args.no_reference:
+        from transformers import DiffusionGemmaForBlockDiffusion
+
+        torch.set_num_threads(args.threads)
+        hf = DiffusionGemmaForBlockDiffusion.from_pretrained(ckpt, dtype=torch.float32).eval()
+        times = []
+        for i in range(args.repeats):
+            torch.manual_seed(i)
+            t0 = time.perf_counter()
+            with torch.no_grad():
+                hf.generate(torch.as_tensor(prompt, dtype=torch.long)[None], max_new_tokens=args.canvas,
+                            max_denoising_steps=args.steps, stability_threshold=0, confidence_threshold=1e-30,
+                            eos_token_id=never, pad_token_id=0)
+            times.append((time.perf_counter() - t0) * 1000)
+        t = statistics.median(times)
+        res["transformers"] = {"total_ms": t, "committed_tok_s": args.canvas / (t / 1000),
+                               "ms_per_step_incl_prompt": t / args.steps, "torch": torch.__version__}
+        res["speedup"] = t / res["engine"]["total_ms"]
+    print(json.dumps(res, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
