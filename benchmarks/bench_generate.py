@@ -17,39 +17,25 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "tests"))
 
+from bench_step import add_model_args, prepare  # noqa: E402
+
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--vocab", type=int, default=262144)
-    ap.add_argument("--canvas", type=int, default=256)
-    ap.add_argument("--prompt", type=int, default=64)
+    add_model_args(ap)
     ap.add_argument("--steps", type=int, default=4)
-    ap.add_argument("--outtype", default="f32", choices=["f32", "f16", "bf16", "q8_0"])
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--cache", default=str(HERE / ".cache"))
-    ap.add_argument("--no-reference", action="store_true")
     args = ap.parse_args()
 
     import torch
 
-    from bench_step import build_checkpoint
     from pygguf_diffusion import _core
-    from pygguf_diffusion.convert import convert
 
-    cache = Path(args.cache)
-    cache.mkdir(parents=True, exist_ok=True)
-    ckpt = build_checkpoint(cache / f"ckpt-v{args.vocab}-c{args.canvas}", args.vocab, args.canvas)
-    gguf = cache / f"bench-v{args.vocab}-c{args.canvas}-{args.outtype}.gguf"
-    if not gguf.exists():
-        convert(ckpt, gguf, args.outtype)
-    prompt = np.random.default_rng(0).integers(0, args.vocab, args.prompt).astype(np.int32)
+    ckpt, gguf, prompt = prepare(args)
     # stopping only on an id the tiny test tokenizer never produces keeps every run at one full canvas
     never = [args.vocab - 1]
 

@@ -40,6 +40,30 @@ def build_checkpoint(out: Path, vocab: int, canvas: int) -> Path:
     return out
 
 
+def add_model_args(ap: argparse.ArgumentParser) -> None:
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--vocab", type=int, default=262144)
+    ap.add_argument("--canvas", type=int, default=256)
+    ap.add_argument("--prompt", type=int, default=64)
+    ap.add_argument("--outtype", default="f32", choices=["f32", "f16", "bf16", "q8_0"])
+    ap.add_argument("--cache", default=str(HERE / ".cache"), help="where the model is built and converted")
+    ap.add_argument("--no-reference", action="store_true", help="skip transformers")
+
+
+def prepare(args: argparse.Namespace) -> tuple[Path, Path, np.ndarray]:
+    """(checkpoint dir, GGUF, prompt ids) of the benchmark model, built and converted once."""
+    from pygguf_diffusion.convert import convert
+
+    cache = Path(args.cache)
+    cache.mkdir(parents=True, exist_ok=True)
+    ckpt = build_checkpoint(cache / f"ckpt-v{args.vocab}-c{args.canvas}", args.vocab, args.canvas)
+    gguf = cache / f"bench-v{args.vocab}-c{args.canvas}-{args.outtype}.gguf"
+    if not gguf.exists():
+        convert(ckpt, gguf, args.outtype)
+    prompt = np.random.default_rng(0).integers(0, args.vocab, args.prompt).astype(np.int32)
+    return ckpt, gguf, prompt
+
+
 def median_ms(fn, repeats: int) -> tuple[float, list[float]]:
     times = []
     for _ in range(repeats):
@@ -51,32 +75,17 @@ def median_ms(fn, repeats: int) -> tuple[float, list[float]]:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--vocab", type=int, default=262144)
-    ap.add_argument("--canvas", type=int, default=256)
-    ap.add_argument("--prompt", type=int, default=64)
-    ap.add_argument("--outtype", default="f32", choices=["f32", "f16", "bf16", "q8_0"])
+    add_model_args(ap)
     ap.add_argument("--repeats", type=int, default=7)
-    ap.add_argument("--cache", default=str(HERE / ".cache"), help="where the model is built and converted")
-    ap.add_argument("--no-reference", action="store_true", help="skip transformers")
     ap.add_argument("--json", help="also write the results here")
     args = ap.parse_args()
 
     import torch
 
     from pygguf_diffusion import _core
-    from pygguf_diffusion.convert import convert
 
-    cache = Path(args.cache)
-    cache.mkdir(parents=True, exist_ok=True)
-    ckpt = build_checkpoint(cache / f"ckpt-v{args.vocab}-c{args.canvas}", args.vocab, args.canvas)
-    gguf = cache / f"bench-v{args.vocab}-c{args.canvas}-{args.outtype}.gguf"
-    if not gguf.exists():
-        convert(ckpt, gguf, args.outtype)
-
-    rng = np.random.default_rng(0)
-    prompt = rng.integers(0, args.vocab, args.prompt).astype(np.int32)
-    canvas = rng.integers(0, args.vocab, args.canvas).astype(np.int32)
+    ckpt, gguf, prompt = prepare(args)
+    canvas = np.random.default_rng(1).integers(0, args.vocab, args.canvas).astype(np.int32)
     res: dict[str, object] = {
         "machine": f"{platform.machine()} {os.cpu_count()} cpus, {platform.processor() or platform.platform()}",
         "backend": "CPU", "threads": args.threads, "weights": args.outtype, "vocab": args.vocab,

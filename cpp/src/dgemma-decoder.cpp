@@ -106,17 +106,8 @@ decoder_graph build_decoder(const graph_builder & g, const kv_store & kv, ggml_t
 void fill_decoder_inputs(const decoder_graph & dg, const kv_store & kv, const int32_t * canvas, int32_t C,
                          float temperature, bool sc_on, const float * uniforms) {
     const int32_t P = kv.n_past(), R = kv.ring(), W = kv.window();
-    std::vector<int32_t> pos(C);
-    std::vector<int64_t> sf(C), ss(C);
-    for (int32_t i = 0; i < C; i++) {
-        pos[i] = P + i;
-        sf[i] = P + i;
-        ss[i] = (P + i) % R;
-    }
     set_input(dg.tokens, canvas, sizeof(int32_t) * C);
-    set_input(dg.pos, pos.data(), sizeof(int32_t) * C);
-    set_input(dg.slots_full, sf.data(), sizeof(int64_t) * C);
-    set_input(dg.slots_swa, ss.data(), sizeof(int64_t) * C);
+    set_position_inputs(dg.pos, dg.slots_full, dg.slots_swa, P, C, R);
     set_input(dg.temperature, &temperature, sizeof(float));
     const float on = sc_on ? 1.0f : 0.0f;
     set_input(dg.sc_on, &on, sizeof(float));

@@ -59,17 +59,8 @@ encoder_graph build_encoder(const graph_builder & g, const kv_store & kv, int32_
 void fill_encoder_inputs(const encoder_graph & eg, const kv_store & kv, const int32_t * tokens, int32_t T,
                          int32_t sliding_window) {
     const int32_t P = kv.n_past(), R = kv.ring();
-    std::vector<int32_t> pos(T);
-    std::vector<int64_t> sf(T), ss(T);
-    for (int32_t i = 0; i < T; i++) {
-        pos[i] = P + i;
-        sf[i] = P + i;
-        ss[i] = (P + i) % R;
-    }
     set_input(eg.tokens, tokens, sizeof(int32_t) * T);
-    set_input(eg.pos, pos.data(), sizeof(int32_t) * T);
-    set_input(eg.slots_full, sf.data(), sizeof(int64_t) * T);
-    set_input(eg.slots_swa, ss.data(), sizeof(int64_t) * T);
+    set_position_inputs(eg.pos, eg.slots_full, eg.slots_swa, P, T, R);
 
     const ggml_fp16_t zero = ggml_fp32_to_fp16(0.0f), ninf = ggml_fp32_to_fp16(-INFINITY);
     if (eg.mask_full && eg.mask_full->buffer) {

@@ -1,11 +1,26 @@
 #include "dgemma-graph.h"
 
 #include <cmath>
+#include <vector>
 
 namespace dgemma {
 
 void set_input(ggml_tensor * t, const void * data, size_t nbytes) {
     if (t && t->buffer) ggml_backend_tensor_set(t, data, 0, nbytes);
+}
+
+void set_position_inputs(ggml_tensor * pos, ggml_tensor * slots_full, ggml_tensor * slots_swa, int32_t P, int32_t n,
+                         int32_t ring) {
+    std::vector<int32_t> p(n);
+    std::vector<int64_t> sf(n), ss(n);
+    for (int32_t i = 0; i < n; i++) {
+        p[i] = P + i;
+        sf[i] = P + i;
+        ss[i] = (P + i) % ring;
+    }
+    set_input(pos, p.data(), sizeof(int32_t) * n);
+    set_input(slots_full, sf.data(), sizeof(int64_t) * n);
+    set_input(slots_swa, ss.data(), sizeof(int64_t) * n);
 }
 
 ggml_tensor * graph_builder::name(ggml_tensor * t, const char * what, int il) const {

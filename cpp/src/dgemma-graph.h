@@ -42,4 +42,9 @@ struct graph_builder {
 // Uploads an input if the scheduler allocated it (inputs no output depends on are never allocated).
 void set_input(ggml_tensor * t, const void * data, size_t nbytes);
 
+// Positions P..P+n-1 and the store rows they are written to: slot = position on full layers,
+// position % ring on sliding layers.
+void set_position_inputs(ggml_tensor * pos, ggml_tensor * slots_full, ggml_tensor * slots_swa, int32_t P, int32_t n,
+                         int32_t ring);
+
 } // namespace dgemma
