@@ -10,6 +10,7 @@ import logging
 import os
 import shutil
 import sys
+import unicodedata
 from typing import Any
 
 HELP = """commands:
@@ -76,6 +77,20 @@ def settings(args: argparse.Namespace) -> dict[str, Any]:
     return s
 
 
+def _fit(text: str, width: int) -> str:
+    """One terminal line: control characters shown as '·', wide characters counted twice, cut at width."""
+    out, used = [], 0
+    for ch in text:
+        if not ch.isprintable():
+            ch = "·"
+        w = 2 if unicodedata.east_asian_width(ch) in ("W", "F") else 1
+        if used + w > width:
+            break
+        out.append(ch)
+        used += w
+    return "".join(out)
+
+
 class Printer:
     """Streams committed text to stdout; with drafts on a terminal, repaints the live canvas on one line."""
 
@@ -87,8 +102,8 @@ class Printer:
     def draft(self, text: str, step: int) -> None:
         if not self.drafts:
             return
-        line = f"[{step:2d}] " + text.replace("\n", "⏎")
-        sys.stdout.write("\r\x1b[2K\x1b[2m" + line[: self.width - 1] + "\x1b[0m")
+        line = _fit(f"[{step:2d}] " + text.replace("\n", "⏎"), self.width - 1)
+        sys.stdout.write("\r\x1b[2K\x1b[2m" + line + "\x1b[0m")
         sys.stdout.flush()
         self.painted = True
 
