@@ -21,7 +21,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "tests"))
 
-from bench_step import add_model_args, prepare  # noqa: E402
+from bench_step import add_model_args, prepare
 
 
 def main() -> int:

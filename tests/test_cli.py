@@ -41,7 +41,7 @@ def test_interactive_session_commands(gguf):
     r = run("-m", gguf, "-c", "512", "-n", "8", "--steps", "2", "-t", "2", "-s", "4", stdin=script)
     assert r.returncode == 0, r.stderr
     # four answers: the hat, /regen, the continued line, the block
-    assert len(re.findall(r"^\[(stop|length)\] \d+ tokens", r.stderr, flags=re.M)) == 4
+    assert len(re.findall(r"^\[(stop|length)\] \d+ tokens", r.stderr, flags=re.MULTILINE)) == 4
     assert "(conversation cleared)" in r.stderr and "unknown command /bogus" in r.stderr
     assert "/regen      answer the last message again" in r.stderr
     assert "prompt 1 tok" in r.stderr  # /regen re-encodes only what differs from the stored prefix

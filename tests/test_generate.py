@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from hf_trace import record_generate
+
 from pygguf_diffusion import EngineError, _core
 
 EOS = [1, 106, 50]

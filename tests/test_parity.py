@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 import tiny_checkpoint
 from gguf_edit import rewrite
-from pygguf_diffusion import _core
 from reference import Reference, max_abs, nmse
+
+from pygguf_diffusion import _core
 
 NAMES = list(tiny_checkpoint.SPECS)
 PROMPT_LEN = 21  # longer than every fixture's sliding window: exercises the decoder's sliding truncation

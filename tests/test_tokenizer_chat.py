@@ -3,8 +3,8 @@ vocabulary, the HF tokenizer on the tiny fixtures, transformers' apply_chat_temp
 from __future__ import annotations
 
 import pytest
-
 import real_vocab
+
 from pygguf_diffusion.chat import ChatTemplateError, render_chat
 from pygguf_diffusion.tokenizer import GemmaTokenizer
 

@@ -30,7 +30,7 @@ def _tojson(x: Any, ensure_ascii: bool = False, indent: int | None = None, separ
 class _Namespace(jinja2.utils.Namespace):
     """A namespace that refuses underscore attributes (no reach into interpreter internals)."""
 
-    def __init__(*args: Any, **kwargs: Any) -> None:  # noqa: N805 - jinja's own signature trick
+    def __init__(*args: Any, **kwargs: Any) -> None:
         self, args = args[0], args[1:]
         attrs = dict(*args, **kwargs)
         for name in attrs:

@@ -212,7 +212,7 @@ class Model:
                     toks = payload["tokens"].tolist()
                     answer.extend(t for t in toks if t not in eog)
                     new_text = self.tokenizer.decode(answer)
-                    delta, text = new_text[len(text):] if new_text.startswith(text) else new_text, new_text
+                    delta, text = new_text.removeprefix(text), new_text
                     yield CommitEvent(canvas_index=payload["canvas_index"], tokens=toks, steps=payload["steps"],
                                       text=delta, last=bool(payload["last"]))
                 elif kind == "error":
