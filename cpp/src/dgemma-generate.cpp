@@ -6,7 +6,9 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#if !defined(_WIN32)
 #include <sys/resource.h>
+#endif
 
 namespace dgemma {
 
@@ -19,12 +21,16 @@ double ms_since(clock_t_::time_point t0) {
 }
 
 uint64_t peak_rss() {
+#if defined(_WIN32)
+    return 0;   // not measured on Windows yet
+#else
     struct rusage ru {};
     getrusage(RUSAGE_SELF, &ru);
 #if defined(__APPLE__)
     return (uint64_t) ru.ru_maxrss;
 #else
     return (uint64_t) ru.ru_maxrss * 1024;
+#endif
 #endif
 }
 
