@@ -165,3 +165,17 @@ def test_model_outputs_match_engine_generate(model):
     e = _core.generate(ctx, np.asarray(toks, np.int32), max_new_tokens=16, seed=99,
                        eos_ids=sorted(model.tokenizer.eog_ids), **FAST)
     assert r.tokens == e["tokens"]
+
+
+def test_cache_listing_reads_a_real_cache_layout(tmp_path):
+    repo = tmp_path / "models--org--x"
+    (repo / "blobs").mkdir(parents=True)
+    (repo / "refs").mkdir()
+    snap = repo / "snapshots" / ("a" * 40)
+    (snap / "sub").mkdir(parents=True)
+    (repo / "refs" / "main").write_text("a" * 40)
+    for name, blob in (("x-Q4_K_M.gguf", "b1"), ("sub/y-Q8_0.gguf", "b2")):
+        (repo / "blobs" / blob).write_bytes(b"GGUF")
+        (snap / name).symlink_to(repo / "blobs" / blob)
+    assert hub_mod._cached_files("org/x", str(tmp_path)) == ["sub/y-Q8_0.gguf", "x-Q4_K_M.gguf"]
+    assert hub_mod._cached_files("org/other", str(tmp_path)) == []

@@ -37,11 +37,8 @@ def report(record_property, label: str, got: np.ndarray, ref: np.ndarray) -> flo
 
 @pytest.fixture(scope="module")
 def refs(checkpoint):
-    cache: dict[str, Reference] = {}
-
     def get(name: str) -> Reference:
-        cache[name] = Reference(checkpoint(name))   # a fresh cache each time
-        return cache[name]
+        return Reference(checkpoint(name))   # a fresh DynamicCache each time
 
     return get
 

@@ -156,6 +156,7 @@ public:
     }
 
     void truncate(int32_t n) { kv_.truncate(n); }
+    int64_t decoder_graph_builds() const { return dec_builds_; }
 
     const model_info & info() const { return m_->info; }
     int32_t n_past() const { return kv_.n_past(); }
@@ -195,8 +196,6 @@ private:
     decoder_graph dec_;
     int32_t dec_graph_n_past_ = -1;
     bool have_previous_ = false;     // sc_state holds this canvas's previous processed logits
-
-public:
     int64_t dec_builds_ = 0;         // decoder graphs built so far (graph reuse is observable)
 };
 
@@ -219,6 +218,6 @@ void context::read_kv(int il, std::vector<int32_t> & positions, std::vector<floa
     impl_->read_kv(il, positions, k, v);
 }
 void context::truncate(int32_t n) { impl_->truncate(n); }
-int64_t context::decoder_graph_builds() const { return impl_->dec_builds_; }
+int64_t context::decoder_graph_builds() const { return impl_->decoder_graph_builds(); }
 
 } // namespace dgemma

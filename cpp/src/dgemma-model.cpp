@@ -195,11 +195,15 @@ void model::place_weights() {
         ggml_tallocr ta = ggml_tallocr_new(buf);
         for (ggml_tensor * t : gpu_tensors) {
             ggml_tallocr_alloc(&ta, t);
-            const tensor_info * ti = nullptr;
-            for (const tensor_info & x : info.tensors) if (x.name == t->name) { ti = &x; break; }
-            ggml_backend_tensor_set(t, (const char *) map_ + ti->offset, 0, ggml_nbytes(t));
+            ggml_backend_tensor_set(t, (const char *) map_ + file_offset(t->name), 0, ggml_nbytes(t));
         }
     }
+}
+
+uint64_t model::file_offset(const std::string & name) const {
+    const int64_t id = file_->find_tensor(name);
+    if (id < 0) throw error(info.path + ": tensor '" + name + "' missing after validation");
+    return file_->tensor_offset(id);
 }
 
 ggml_tensor * model::get(const std::string & name, bool required) const {
@@ -231,14 +235,13 @@ void model::make_transposed_embedding() {
     std::vector<uint8_t> dst((size_t) V * H * esz);
     const int64_t block = 256;
     std::vector<float> rows((size_t) block * H);
-    const char * src = (const char *) map_ + 0;   // tok_embd may live on the GPU: read from the mapping
-    const tensor_info * ti = nullptr;
-    for (const tensor_info & x : info.tensors) if (x.name == "token_embd.weight") { ti = &x; break; }
+    // tok_embd may live on the GPU: read it from the mapping
+    const char * src = (const char *) map_ + file_offset("token_embd.weight");
     const size_t row_bytes = ggml_row_size(tok_embd->type, H);
     for (int64_t v0 = 0; v0 < V; v0 += block) {
         const int64_t nb = std::min(block, V - v0);
         for (int64_t r = 0; r < nb; r++) {
-            const void * row = src + ti->offset + (size_t) (v0 + r) * row_bytes;
+            const void * row = src + (size_t) (v0 + r) * row_bytes;
             if (tok_embd->type == GGML_TYPE_F32) std::memcpy(&rows[(size_t) r * H], row, H * sizeof(float));
             else src_traits->to_float(row, &rows[(size_t) r * H], H);
         }

@@ -64,6 +64,7 @@ private:
     void place_weights();
     void make_transposed_embedding();
     ggml_tensor * get(const std::string & name, bool required = true) const;
+    uint64_t file_offset(const std::string & name) const;   // absolute offset of a tensor's data
 
     std::unique_ptr<gguf_file> file_;
     ggml_context * ctx_meta_ = nullptr;     // tensor metadata from the GGUF

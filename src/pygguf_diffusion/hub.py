@@ -32,16 +32,15 @@ def list_gguf_files(repo_id: str) -> list[str]:
     return sorted(f for f in files if f.endswith(".gguf") and "mmproj" not in f.lower())
 
 
-def _cached_files(repo_id: str) -> list[str]:
+def _cached_files(repo_id: str, cache_dir: str | None = None) -> list[str]:
     hub = _hub()
     try:
-        info = hub.scan_cache_dir()
+        info = hub.scan_cache_dir(cache_dir)
     except Exception:
         return []
     for repo in info.repos:
         if repo.repo_id == repo_id:
-            return sorted({f.file_name if "/" not in str(f.file_path) else
-                           str(f.file_path).split("/snapshots/", 1)[-1].split("/", 1)[-1]
+            return sorted({f.file_path.relative_to(rev.snapshot_path).as_posix()
                            for rev in repo.revisions for f in rev.files})
     return []
 
