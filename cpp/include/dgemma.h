@@ -292,6 +292,9 @@ struct vocab_data {
 // Reads the tokenizer arrays of any GGUF that has them (a model or a vocabulary-only file).
 vocab_data read_vocab(const std::string & path);
 
+// The tokenizer arrays of a loaded model, from the file it already has open.
+vocab_data get_model_vocab(const model & m);
+
 // Log sink for the engine and ggml. level: 1 = debug, 2 = info, 3 = warn, 4 = error (ggml's values).
 // Without a callback, warnings and errors go to stderr.
 using log_callback = void (*)(int level, const char * text, void * user_data);

@@ -108,6 +108,28 @@ py::dict to_dict(const dgemma::model_info & m) {
     return out;
 }
 
+py::dict vocab_dict(const dgemma::vocab_data & v) {
+    py::dict d;
+    d["model"] = v.model;
+    py::list toks(v.tokens.size());
+    for (size_t i = 0; i < v.tokens.size(); i++) {
+        // token texts are UTF-8 in every file we know; keep invalid bytes visible instead of failing
+        PyObject * s = PyUnicode_DecodeUTF8(v.tokens[i].data(), (Py_ssize_t) v.tokens[i].size(), "surrogateescape");
+        if (!s) throw py::error_already_set();
+        toks[i] = py::reinterpret_steal<py::object>(s);
+    }
+    d["tokens"] = toks;
+    d["types"] = v.types;
+    d["merges"] = v.merges;
+    d["bos_id"] = v.bos_id;
+    d["eos_id"] = v.eos_id;
+    d["pad_id"] = v.pad_id;
+    d["add_bos"] = v.add_bos;
+    d["chat_template"] = v.chat_template;
+    d["eog_ids"] = v.eog_ids;
+    return d;
+}
+
 using i32_array = py::array_t<int32_t, py::array::c_style | py::array::forcecast>;
 
 py::dict stats_dict(const dgemma::generate_stats & st) {
@@ -263,7 +285,9 @@ PYBIND11_MODULE(_core, m) {
                  py::gil_scoped_release release;
                  return model_handle{dgemma::load_model(path, p)};
              }), py::arg("path"), py::arg("n_gpu_layers") = -1, py::arg("cpu_moe") = false)
-        .def("info", [](const model_handle & h) { return to_dict(dgemma::get_model_info(*h.m)); });
+        .def("info", [](const model_handle & h) { return to_dict(dgemma::get_model_info(*h.m)); })
+        .def("vocab", [](const model_handle & h) { return vocab_dict(dgemma::get_model_vocab(*h.m)); },
+             "The tokenizer arrays, read from the already-open file.");
 
     py::class_<dgemma::context>(m, "Context")
         .def(py::init([](const model_handle & h, int n_ctx, int n_batch, int n_threads) {
@@ -374,25 +398,7 @@ PYBIND11_MODULE(_core, m) {
             py::gil_scoped_release release;
             v = dgemma::read_vocab(path);
         }
-        py::dict d;
-        d["model"] = v.model;
-        py::list toks(v.tokens.size());
-        for (size_t i = 0; i < v.tokens.size(); i++) {
-            // token texts are UTF-8 in every file we know; keep invalid bytes visible instead of failing
-            PyObject * s = PyUnicode_DecodeUTF8(v.tokens[i].data(), (Py_ssize_t) v.tokens[i].size(), "surrogateescape");
-            if (!s) throw py::error_already_set();
-            toks[i] = py::reinterpret_steal<py::object>(s);
-        }
-        d["tokens"] = toks;
-        d["types"] = v.types;
-        d["merges"] = v.merges;
-        d["bos_id"] = v.bos_id;
-        d["eos_id"] = v.eos_id;
-        d["pad_id"] = v.pad_id;
-        d["add_bos"] = v.add_bos;
-        d["chat_template"] = v.chat_template;
-        d["eog_ids"] = v.eog_ids;
-        return d;
+        return vocab_dict(v);
     }, py::arg("path"), "The tokenizer arrays of a GGUF (a model or a vocabulary-only file).");
 
     m.def("version", &dgemma::version);

@@ -33,7 +33,6 @@ public:
     context_impl(std::shared_ptr<model> m, const context_params & p)
         : m_(std::move(m)), p_(p),
           kv_(*m_, check_ctx(p, *m_), std::max(p.n_batch, m_->info.diffusion.canvas_length)) {
-        if (p_.n_batch < 1) throw error("n_batch must be >= 1, got " + std::to_string(p_.n_batch));
         n_threads_ = p_.n_threads > 0 ? p_.n_threads : (int) std::max(1u, std::thread::hardware_concurrency());
         std::vector<ggml_backend_t> backends = m_->backends();
         sched_ = ggml_backend_sched_new(backends.data(), nullptr, (int) backends.size(), GRAPH_SIZE, false, false);
@@ -55,8 +54,10 @@ public:
         if (sc_ctx_) ggml_free(sc_ctx_);
     }
 
+    // Validates the parameters before the KV store is sized from them; returns n_ctx.
     static int32_t check_ctx(const context_params & p, const model & m) {
         if (p.n_ctx < 1) throw error("n_ctx must be >= 1, got " + std::to_string(p.n_ctx));
+        if (p.n_batch < 1) throw error("n_batch must be >= 1, got " + std::to_string(p.n_batch));
         if (p.n_ctx > m.info.hp.n_ctx_train) {
             log_msg(LOG_WARN, "n_ctx %d exceeds the model's context_length %d\n", p.n_ctx, m.info.hp.n_ctx_train);
         }

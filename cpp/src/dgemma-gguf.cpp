@@ -56,7 +56,7 @@ std::string shape_str(const std::vector<int64_t> & ne) {
     return os.str();
 }
 
-gguf_file::gguf_file(const std::string & path) : path_(path) {
+gguf_file::gguf_file(const std::string & path, bool tensor_meta) : path_(path) {
     struct stat st {};
     if (stat(path.c_str(), &st) != 0) {
         throw error(path + ": cannot open: " + std::strerror(errno));
@@ -80,7 +80,7 @@ gguf_file::gguf_file(const std::string & path) : path_(path) {
     }
 
     log_capture cap;
-    gguf_init_params params = { /*no_alloc =*/ true, /*ctx =*/ nullptr };
+    gguf_init_params params = { /*no_alloc =*/ true, /*ctx =*/ tensor_meta ? &meta_ : nullptr };
     ctx_ = gguf_init_from_file(path.c_str(), params);
     if (!ctx_) {
         std::string detail = cap.text();
@@ -96,6 +96,8 @@ gguf_file::gguf_file(const std::string & path) : path_(path) {
             std::string name = tensor_name(i);
             gguf_free(ctx_);
             ctx_ = nullptr;
+            if (meta_) ggml_free(meta_);
+            meta_ = nullptr;
             std::ostringstream os;
             os << path << ": file is truncated: tensor '" << name << "' ends at byte " << end
                << " but the file has " << file_size_ << " bytes; download or convert it again";
@@ -106,6 +108,7 @@ gguf_file::gguf_file(const std::string & path) : path_(path) {
 
 gguf_file::~gguf_file() {
     if (ctx_) gguf_free(ctx_);
+    if (meta_) ggml_free(meta_);
 }
 
 uint32_t gguf_file::version() const { return gguf_get_version(ctx_); }

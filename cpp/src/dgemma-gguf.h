@@ -11,14 +11,16 @@
 #include <vector>
 
 struct gguf_context;
+struct ggml_context;
 
 namespace dgemma {
 
 class gguf_file {
 public:
     // Opens and parses the header, metadata and tensor table; checks that every tensor's data lies inside
-    // the file (a truncated download fails here, not at first use).
-    explicit gguf_file(const std::string & path);
+    // the file (a truncated download fails here, not at first use). With tensor_meta, the same parse also
+    // builds ggml tensors (metadata only, no data) for every tensor, owned by this object.
+    explicit gguf_file(const std::string & path, bool tensor_meta = false);
     ~gguf_file();
     gguf_file(const gguf_file &) = delete;
     gguf_file & operator=(const gguf_file &) = delete;
@@ -28,6 +30,7 @@ public:
     uint32_t version() const;
     uint64_t data_offset() const;
     gguf_context * raw() const { return ctx_; }
+    ggml_context * tensor_meta() const { return meta_; }   // null unless requested
 
     bool has(const std::string & key) const;
 
@@ -66,7 +69,11 @@ private:
     std::string path_;
     uint64_t file_size_ = 0;
     gguf_context * ctx_ = nullptr;
+    ggml_context * meta_ = nullptr;
 };
+
+// The tokenizer arrays of an open file (dgemma::read_vocab(path) opens one).
+vocab_data read_vocab(const gguf_file & f);
 
 // A human-readable shape, ggml order: {2816, 262144}.
 std::string shape_str(const std::vector<int64_t> & ne);

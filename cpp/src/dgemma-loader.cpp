@@ -58,9 +58,9 @@ void check_tensor(const gguf_file & f, const tensor_spec & spec, std::set<int64_
 
 } // namespace
 
-checked_gguf open_checked_gguf(const std::string & path) {
+checked_gguf open_checked_gguf(const std::string & path, bool tensor_meta) {
     checked_gguf out;
-    out.file = std::make_unique<gguf_file>(path);
+    out.file = std::make_unique<gguf_file>(path, tensor_meta);
     const gguf_file & f = *out.file;
     model_info & info = out.info;
 

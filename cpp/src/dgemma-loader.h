@@ -16,6 +16,7 @@ struct checked_gguf {
 
 // Opens `path`, reads all metadata and checks every required key and tensor (presence, type, shape,
 // aliases, no unexpected tensors). Throws dgemma::error naming the file and the first problem found.
-checked_gguf open_checked_gguf(const std::string & path);
+// tensor_meta: also keep ggml tensor metadata for loading (gguf_file::tensor_meta), from the same parse.
+checked_gguf open_checked_gguf(const std::string & path, bool tensor_meta = false);
 
 } // namespace dgemma

@@ -43,17 +43,9 @@ int layer_of(const std::string & name) {
 } // namespace
 
 model::model(const std::string & path, const model_params & p) : params(p) {
-    checked_gguf checked = open_checked_gguf(path);
+    checked_gguf checked = open_checked_gguf(path, /*tensor_meta =*/ true);
     info = checked.info;
     file_ = std::move(checked.file);
-
-    gguf_init_params gp = { /*no_alloc =*/ true, /*ctx =*/ &ctx_meta_ };
-    gguf_context * g = gguf_init_from_file(path.c_str(), gp);
-    if (!g || !ctx_meta_) {
-        if (g) gguf_free(g);
-        throw error(path + ": cannot re-read the tensor table");
-    }
-    gguf_free(g);
 
     backend_cpu = ggml_backend_init_by_type(GGML_BACKEND_DEVICE_TYPE_CPU, nullptr);
     if (!backend_cpu) throw error("cannot initialise the CPU backend");
@@ -61,8 +53,7 @@ model::model(const std::string & path, const model_params & p) : params(p) {
         backend_gpu = ggml_backend_init_by_type(GGML_BACKEND_DEVICE_TYPE_GPU, nullptr);
     }
     const int n_layer = info.hp.n_layer;
-    const bool all_gpu = backend_gpu && (params.n_gpu_layers < 0 || params.n_gpu_layers >= n_layer);
-    backend_globals = all_gpu ? backend_gpu : backend_cpu;
+    backend_globals = layer_on_gpu(-1) ? backend_gpu : backend_cpu;
 
     map_file(path);
     place_weights();
@@ -109,8 +100,7 @@ model::model(const std::string & path, const model_params & p) : params(p) {
         L.post_ffw_norm = get(n("post_ffw_norm.weight"));
         L.dec_scale = get(n("layer_output_scale.weight"));
         L.enc_scale = get(n("enc_layer_output_scale.weight"));
-        const bool on_gpu = backend_gpu && (all_gpu || il >= n_layer - params.n_gpu_layers);
-        L.backend = on_gpu ? backend_gpu : backend_cpu;
+        L.backend = layer_on_gpu(il) ? backend_gpu : backend_cpu;
     }
     make_transposed_embedding();
     log_msg(LOG_INFO, "%s: loaded %zu tensors (%s)\n", path.c_str(), info.tensors.size(),
@@ -119,7 +109,6 @@ model::model(const std::string & path, const model_params & p) : params(p) {
 
 model::~model() {
     for (ggml_backend_buffer_t b : bufs_) ggml_backend_buffer_free(b);
-    if (ctx_meta_) ggml_free(ctx_meta_);
     if (ctx_extra_) ggml_free(ctx_extra_);
 #if !defined(_WIN32)
     if (map_) munmap(map_, map_size_);
@@ -155,16 +144,20 @@ void model::map_file(const std::string & path) {
 #endif
 }
 
+// The placement policy, in one place: n_gpu_layers < 0 or >= n_layer puts every layer and the global
+// tensors (il = -1) on the GPU; otherwise the last n_gpu_layers layers go there and the globals stay.
+bool model::layer_on_gpu(int il) const {
+    if (!backend_gpu) return false;
+    const int n_layer = info.hp.n_layer;
+    const bool all = params.n_gpu_layers < 0 || params.n_gpu_layers >= n_layer;
+    return all || (il >= 0 && il >= n_layer - params.n_gpu_layers);
+}
+
 // CPU tensors point into the mapping (no copy); GPU tensors are uploaded into one buffer per device.
 void model::place_weights() {
-    const int n_layer = info.hp.n_layer;
-    const bool all_gpu = backend_gpu && backend_globals == backend_gpu;
     auto wants_gpu = [&](const std::string & name) {
-        if (!backend_gpu) return false;
         if (params.cpu_moe && is_expert_tensor(name)) return false;
-        const int il = layer_of(name);
-        if (il < 0) return all_gpu;
-        return all_gpu || il >= n_layer - params.n_gpu_layers;
+        return layer_on_gpu(layer_of(name));
     };
 
     // The mapping is read-only; ggml never writes weights.
@@ -176,7 +169,7 @@ void model::place_weights() {
     size_t gpu_size = 0;
     ggml_backend_buffer_type_t gpu_buft = backend_gpu ? ggml_backend_get_default_buffer_type(backend_gpu) : nullptr;
     for (const tensor_info & ti : info.tensors) {
-        ggml_tensor * t = ggml_get_tensor(ctx_meta_, ti.name.c_str());
+        ggml_tensor * t = ggml_get_tensor(file_->tensor_meta(), ti.name.c_str());
         if (wants_gpu(ti.name)) {
             gpu_tensors.push_back(t);
             gpu_size += GGML_PAD(ggml_backend_buft_get_alloc_size(gpu_buft, t), ggml_backend_buft_get_alignment(gpu_buft));
@@ -207,7 +200,7 @@ uint64_t model::file_offset(const std::string & name) const {
 }
 
 ggml_tensor * model::get(const std::string & name, bool required) const {
-    ggml_tensor * t = ggml_get_tensor(ctx_meta_, name.c_str());
+    ggml_tensor * t = ggml_get_tensor(file_->tensor_meta(), name.c_str());
     if (!t && required) throw error(info.path + ": tensor '" + name + "' missing after validation");
     return t;
 }
@@ -231,8 +224,15 @@ void model::make_transposed_embedding() {
     bufs_.push_back(buf);
 
     const auto * src_traits = ggml_get_type_traits(tok_embd->type);
-    const size_t esz = ggml_type_size(tt);
-    std::vector<uint8_t> dst((size_t) V * H * esz);
+    // fill a host buffer in place; stage through host memory only for device buffers
+    std::vector<uint8_t> staging;
+    uint8_t * dst = nullptr;
+    if (ggml_backend_buffer_is_host(buf)) {
+        dst = (uint8_t *) tok_embd_t->data;
+    } else {
+        staging.resize(ggml_nbytes(tok_embd_t));
+        dst = staging.data();
+    }
     const int64_t block = 256;
     std::vector<float> rows((size_t) block * H);
     // tok_embd may live on the GPU: read it from the mapping
@@ -250,14 +250,14 @@ void model::make_transposed_embedding() {
                 const float x = rows[(size_t) r * H + h];
                 const size_t idx = (size_t) h * V + (size_t) (v0 + r);
                 switch (tt) {
-                    case GGML_TYPE_F32:  ((float *) dst.data())[idx] = x; break;
-                    case GGML_TYPE_F16:  ((ggml_fp16_t *) dst.data())[idx] = ggml_fp32_to_fp16(x); break;
-                    default:             ((ggml_bf16_t *) dst.data())[idx] = ggml_fp32_to_bf16(x); break;
+                    case GGML_TYPE_F32:  ((float *) dst)[idx] = x; break;
+                    case GGML_TYPE_F16:  ((ggml_fp16_t *) dst)[idx] = ggml_fp32_to_fp16(x); break;
+                    default:             ((ggml_bf16_t *) dst)[idx] = ggml_fp32_to_bf16(x); break;
                 }
             }
         }
     }
-    ggml_backend_tensor_set(tok_embd_t, dst.data(), 0, dst.size());
+    if (!staging.empty()) ggml_backend_tensor_set(tok_embd_t, staging.data(), 0, staging.size());
 }
 
 std::shared_ptr<model> load_model(const std::string & path, const model_params & params) {
@@ -265,5 +265,7 @@ std::shared_ptr<model> load_model(const std::string & path, const model_params &
 }
 
 const model_info & get_model_info(const model & m) { return m.info; }
+
+vocab_data get_model_vocab(const model & m) { return read_vocab(m.file()); }
 
 } // namespace dgemma

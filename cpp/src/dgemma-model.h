@@ -59,15 +59,17 @@ public:
     // All backends, GPU first and the CPU last (the scheduler's priority order).
     std::vector<ggml_backend_t> backends() const;
 
+    const gguf_file & file() const { return *file_; }
+
 private:
     void map_file(const std::string & path);
     void place_weights();
+    bool layer_on_gpu(int il) const;   // il = -1: the global tensors
     void make_transposed_embedding();
     ggml_tensor * get(const std::string & name, bool required = true) const;
     uint64_t file_offset(const std::string & name) const;   // absolute offset of a tensor's data
 
-    std::unique_ptr<gguf_file> file_;
-    ggml_context * ctx_meta_ = nullptr;     // tensor metadata from the GGUF
+    std::unique_ptr<gguf_file> file_;       // also owns the weights' tensor metadata
     ggml_context * ctx_extra_ = nullptr;    // derived tensors
     std::vector<ggml_backend_buffer_t> bufs_;
     void * map_ = nullptr;

@@ -22,8 +22,9 @@ std::vector<std::string> string_array(const gguf_file & f, const char * key) {
 }
 } // namespace
 
-vocab_data read_vocab(const std::string & path) {
-    gguf_file f(path);
+vocab_data read_vocab(const std::string & path) { return read_vocab(gguf_file(path)); }
+
+vocab_data read_vocab(const gguf_file & f) {
     vocab_data v;
     v.model = f.get_str(KEY_TOK_MODEL);
     v.tokens = string_array(f, KEY_TOK_TOKENS);

@@ -50,7 +50,7 @@ class Model:
         self.path = path
         self._model = _core.Model(path, n_gpu_layers, cpu_moe)
         self.info: dict[str, Any] = self._model.info()
-        self.tokenizer = GemmaTokenizer.from_gguf(path)
+        self.tokenizer = GemmaTokenizer.from_vocab(self._model.vocab())
         self._ctx = _core.Context(self._model, n_ctx=n_ctx, n_batch=n_batch, n_threads=n_threads or 0)
         self._seed = seed
         self._stored: list[int] = []  # tokens whose K/V the context holds, in order
@@ -129,7 +129,7 @@ class Model:
         if not tokens:
             raise ValueError("the prompt is empty")
         try:  # the engine's own checks, before anything touches the stored prefix
-            _core.check_generate(self._ctx, eos_ids=sorted(self.tokenizer.eog_ids), **settings)
+            _core.check_generate(self._ctx, **settings)
         except _core.EngineError as e:
             raise _translate(e) from None
         if seed is None:
@@ -183,7 +183,7 @@ class Model:
 
         def work() -> None:
             try:
-                r = _core.generate(self._ctx, np.asarray(todo, dtype=np.int32), seed=seed, eos_ids=sorted(eog),
+                r = _core.generate(self._ctx, np.asarray(todo, dtype=np.int32), seed=seed,
                                    on_draft=on_draft if drafts else None, on_commit=on_commit,
                                    should_abort=abort.is_set, **settings)
                 q.put(("done", r))
