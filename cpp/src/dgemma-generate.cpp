@@ -100,6 +100,13 @@ generate_result generate(context & ctx, const int32_t * prompt, int32_t n_prompt
     std::vector<float> entropy(C), u(C);
     std::vector<uint8_t> accept;
     int32_t non_pad = 0;
+    auto finish = [&]() -> generate_result & {
+        st.committed_tokens = (int32_t) res.tokens.size();
+        st.tokens_per_forward = st.decoder_forwards ? (double) non_pad / st.decoder_forwards : 0.0;
+        st.total_ms = ms_since(t_start);
+        st.peak_rss_bytes = peak_rss();
+        return res;
+    };
 
     for (int32_t canvas = 0;; canvas++) {
         const bool forced = canvas < p.forced_canvases;
@@ -111,9 +118,7 @@ generate_result generate(context & ctx, const int32_t * prompt, int32_t n_prompt
             if (p.should_abort && p.should_abort()) {
                 res.finish_reason = "abort";
                 st.decode_ms += ms_since(t_canvas);
-                st.total_ms = ms_since(t_start);
-                st.peak_rss_bytes = peak_rss();
-                return res;
+                return finish();
             }
             const float T = schedule_temperature(s.t_min, s.t_max, k, N);
             for (float & v : u) v = r.uniform();
@@ -151,7 +156,7 @@ generate_result generate(context & ctx, const int32_t * prompt, int32_t n_prompt
                 ev.mean_entropy = mean_h;
                 p.on_draft(ev);
             }
-            if (p.adaptive_stop && stop.update(argmax, entropy.data(), C)) break;
+            if (p.adaptive_stop && stop.update(argmax, mean_h)) break;
         }
         st.decode_ms += ms_since(t_canvas);
         st.steps_per_canvas.push_back(steps);
@@ -167,6 +172,7 @@ generate_result generate(context & ctx, const int32_t * prompt, int32_t n_prompt
             res.finish_reason = "stop";
             done = true;
         }
+        // reference tokens_per_forward: the canvas's non-pad tokens before any max_new_tokens cut
         for (int32_t t : committed) non_pad += t != s.pad;
         if (p.max_new_tokens > 0 && (int32_t) (res.tokens.size() + committed.size()) >= p.max_new_tokens) {
             committed.resize((size_t) (p.max_new_tokens - (int32_t) res.tokens.size()));
@@ -192,11 +198,7 @@ generate_result generate(context & ctx, const int32_t * prompt, int32_t n_prompt
         if (done) break;
         ctx.encode(argmax.data(), C);   // re-encode the committed canvas at its own positions
     }
-    st.committed_tokens = (int32_t) res.tokens.size();
-    st.tokens_per_forward = st.decoder_forwards ? (double) non_pad / st.decoder_forwards : 0.0;
-    st.total_ms = ms_since(t_start);
-    st.peak_rss_bytes = peak_rss();
-    return res;
+    return finish();
 }
 
 } // namespace dgemma

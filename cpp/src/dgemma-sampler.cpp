@@ -23,7 +23,7 @@ void accept_by_entropy(const float * entropy, int n, float bound, std::vector<ui
     }
 }
 
-bool stop_criterion::update(const std::vector<int32_t> & argmax, const float * entropy, int n) {
+bool stop_criterion::update(const std::vector<int32_t> & argmax, float mean_entropy) {
     bool stable = true;
     if (threshold_ > 0) {
         if ((int) history_.size() < threshold_) stable = false;   // the initial history holds -1 everywhere
@@ -31,10 +31,7 @@ bool stop_criterion::update(const std::vector<int32_t> & argmax, const float * e
         history_.push_back(argmax);
         if ((int) history_.size() > threshold_) history_.erase(history_.begin());
     }
-    float sum = 0.0f;
-    for (int i = 0; i < n; i++) sum += entropy[i];
-    const bool confident = sum / (float) n < confidence_;
-    return stable && confident;
+    return stable && mean_entropy < confidence_;
 }
 
 namespace {

@@ -21,7 +21,7 @@ class stop_criterion {
 public:
     stop_criterion(int threshold, float confidence) : threshold_(threshold), confidence_(confidence) {}
     void reset() { history_.clear(); }
-    bool update(const std::vector<int32_t> & argmax, const float * entropy, int n);
+    bool update(const std::vector<int32_t> & argmax, float mean_entropy);
 private:
     int threshold_;
     float confidence_;
