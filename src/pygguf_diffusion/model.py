@@ -172,7 +172,6 @@ class Model:
         commits: list[dict] = []
         eog = set(self.tokenizer.eog_ids)
         todo = self._reuse_prefix(tokens)
-        stored_before = list(self._stored)
 
         def on_draft(d: dict) -> None:
             q.put(("draft", d))
@@ -227,7 +226,7 @@ class Model:
             abort.set()
             worker.join()
             self._busy = False
-            self._settle(stored_before + todo, commits)
+            self._settle(tokens, commits)
 
     def _settle(self, prompt: list[int], commits: list[dict]) -> None:
         """Record what the context now holds: the prompt and every re-encoded (non-final) canvas."""
@@ -235,11 +234,12 @@ class Model:
         for c in commits:
             if not c["last"]:
                 stored.extend(c["tokens"].tolist())
-        if self._ctx.n_past != len(stored):  # e.g. an error before the prompt was encoded
-            stored = stored[: self._ctx.n_past] if self._ctx.n_past < len(stored) else []
-            if not stored:
-                self._ctx.truncate(0)
-        self._stored = stored
+        n = self._ctx.n_past
+        if n <= len(stored):  # fewer after an error before (part of) the prompt was encoded
+            self._stored = stored[:n]
+        else:  # cannot happen unless the context was used behind our back: start afresh
+            self._ctx.truncate(0)
+            self._stored = []
 
     # ---- chat ----------------------------------------------------------------------------------------
     def create_chat_completion(self, messages: Sequence[Mapping[str, Any]], *, stream: bool = False,
