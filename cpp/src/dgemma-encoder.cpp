@@ -25,7 +25,6 @@ encoder_graph build_encoder(const graph_builder & g, const kv_store & kv, int32_
     // reference: the encoder has no input norm; embeddings scaled by sqrt(H) in the weight dtype
     ggml_tensor * x = ggml_scale(ctx, ggml_get_rows(ctx, g.m.tok_embd, eg.tokens), g.m.embd_scale);
     g.name(x, "enc_embd");
-    bool any_full = false, any_swa = false;
     for (int il = 0; il < hp.n_layer; il++) {
         const bool swa = hp.is_swa(il);
         const layer_weights & L = g.m.layers[il];
@@ -43,16 +42,11 @@ encoder_graph build_encoder(const graph_builder & g, const kv_store & kv, int32_
             ggml_build_forward_expand(eg.gf, vs);
             break;
         }
-        any_full |= !swa;
-        any_swa |= swa;
         const int64_t n_kv = swa ? kv.ring() : P + T;
         ggml_tensor * attn = g.attn_out(a.q, g.kv_view(ks, il, 0, n_kv), g.kv_view(vs, il, 0, n_kv),
                                         swa ? eg.mask_swa : eg.mask_full, il);
         x = g.layer_tail(x, attn, il, L.enc_scale);
     }
-    // inputs no output depends on are never allocated: keep the unused masks out of the graph's inputs
-    if (!any_full) eg.mask_full = nullptr;
-    if (!any_swa) eg.mask_swa = nullptr;
     return eg;
 }
 
