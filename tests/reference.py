@@ -49,6 +49,18 @@ class Reference:
         self.n_past = start
         return out.logits[0].numpy()
 
+    def encode(self, tokens: np.ndarray, chunk: int = 1024) -> None:
+        """Encode tokens at the next positions (in chunks: a long prompt's causal mask would not fit)."""
+        torch = self.torch
+        enc = self.model.model.encoder
+        for i in range(0, len(tokens), chunk):
+            part = torch.as_tensor(tokens[i:i + chunk], dtype=torch.long)[None]
+            with torch.no_grad():
+                out = enc(input_ids=part, cache=self.cache, use_cache=True,
+                          position_ids=torch.arange(self.n_past, self.n_past + part.shape[1])[None])
+            self.cache = out.cache
+            self.n_past += part.shape[1]
+
     def kv(self, il: int) -> tuple[np.ndarray, np.ndarray]:
         """K and V the cache holds for layer il, each [n, n_kv, hd] (sliding layers: the last sw-1)."""
         layer = self.cache.layers[il]

@@ -32,7 +32,8 @@ class context_impl {
 public:
     context_impl(std::shared_ptr<model> m, const context_params & p)
         : m_(std::move(m)), p_(p),
-          kv_(*m_, check_ctx(p, *m_), std::max(p.n_batch, m_->info.diffusion.canvas_length)) {
+          kv_(*m_, check_ctx(p, *m_), std::max(p.n_batch, m_->info.diffusion.canvas_length),
+              m_->info.diffusion.canvas_length) {
         n_threads_ = p_.n_threads > 0 ? p_.n_threads : (int) std::max(1u, std::thread::hardware_concurrency());
         std::vector<ggml_backend_t> backends = m_->backends();
         sched_ = ggml_backend_sched_new(backends.data(), nullptr, (int) backends.size(), GRAPH_SIZE, false, false);

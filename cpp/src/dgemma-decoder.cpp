@@ -18,14 +18,13 @@ decoder_graph build_decoder(const graph_builder & g, const kv_store & kv, ggml_t
     dg.gf = ggml_new_graph_custom(ctx, graph_size, false);
 
     dg.tokens = g.name(ggml_new_tensor_1d(ctx, GGML_TYPE_I32, C), "dec_tokens");
-    dg.pos = g.name(ggml_new_tensor_1d(ctx, GGML_TYPE_I32, C), "dec_pos");
-    dg.slots_full = g.name(ggml_new_tensor_1d(ctx, GGML_TYPE_I64, C), "dec_slots_full");
-    dg.slots_swa = g.name(ggml_new_tensor_1d(ctx, GGML_TYPE_I64, C), "dec_slots_swa");
-    dg.mask_swa = g.name(ggml_new_tensor_2d(ctx, GGML_TYPE_F16, kv.ring(), C), "dec_mask_swa");
+    dg.pos = g.new_position_inputs(C);
+    dg.pos_values = std::make_shared<position_values>(m, P, C, kv.ring(), kv.canvas_slot0());
+    dg.mask_swa = g.name(ggml_new_tensor_2d(ctx, GGML_TYPE_F16, kv.capacity_swa(), C), "dec_mask_swa");
     dg.temperature = g.name(ggml_new_tensor_1d(ctx, GGML_TYPE_F32, 1), "temperature");
     dg.sc_on = g.name(ggml_new_tensor_1d(ctx, GGML_TYPE_F32, 1), "sc_on");
     dg.uniforms = g.name(ggml_new_tensor_2d(ctx, GGML_TYPE_F32, 1, C), "uniforms");
-    for (ggml_tensor * t : {dg.tokens, dg.pos, dg.slots_full, dg.slots_swa, dg.mask_swa, dg.temperature, dg.sc_on,
+    for (ggml_tensor * t : {dg.tokens, dg.mask_swa, dg.temperature, dg.sc_on,
                             dg.uniforms}) {
         ggml_set_input(t);
     }
@@ -45,14 +44,14 @@ decoder_graph build_decoder(const graph_builder & g, const kv_store & kv, ggml_t
         const bool swa = hp.is_swa(il);
         const layer_weights & L = m.layers[il];
         graph_builder::qkv a = g.attn_qkv(g.rms(x, L.attn_norm), il, dg.pos);
-        // canvas K/V go to the slots of positions P..P+C-1: free space, never a stored position (kv_store)
+        // canvas K/V go to full-layer slots P..P+C-1 (free space) and the sliding layers' canvas slots
         const int64_t row = a.k->ne[0] * a.k->ne[1];
-        ggml_tensor * rows = swa ? dg.slots_swa : dg.slots_full;
+        ggml_tensor * rows = swa ? dg.pos.slots_swa : dg.pos.slots_full;
         ggml_tensor * ks = ggml_set_rows(ctx, kv.k(il), ggml_reshape_2d(ctx, a.k, row, C), rows);
         ggml_tensor * vs = ggml_set_rows(ctx, kv.v(il), ggml_reshape_2d(ctx, a.v, row, C), rows);
-        // full layers: every stored position and the canvas, no mask. Sliding layers: the ring, whose mask
-        // shows the last sliding_window - 1 stored positions and the canvas with no per-query window.
-        const int64_t n_kv = swa ? kv.ring() : P + C;
+        // full layers: every stored position and the canvas, no mask. Sliding layers: ring + canvas slots,
+        // the mask shows the last sliding_window - 1 stored positions and the canvas, no per-query window.
+        const int64_t n_kv = swa ? kv.capacity_swa() : P + C;
         ggml_tensor * attn = g.attn_out(a.q, g.kv_view(ks, il, 0, n_kv), g.kv_view(vs, il, 0, n_kv),
                                         swa ? dg.mask_swa : nullptr, il);
         x = g.layer_tail(x, attn, il, L.dec_scale);
@@ -105,9 +104,9 @@ decoder_graph build_decoder(const graph_builder & g, const kv_store & kv, ggml_t
 
 void fill_decoder_inputs(const decoder_graph & dg, const kv_store & kv, const int32_t * canvas, int32_t C,
                          float temperature, bool sc_on, const float * uniforms) {
-    const int32_t P = kv.n_past(), R = kv.ring(), W = kv.window();
+    const int32_t P = kv.n_past(), R = kv.ring(), W = kv.window(), S = kv.capacity_swa();
     set_input(dg.tokens, canvas, sizeof(int32_t) * C);
-    set_position_inputs(dg.pos, dg.slots_full, dg.slots_swa, P, C, R);
+    set_position_inputs(dg.pos, *dg.pos_values);
     set_input(dg.temperature, &temperature, sizeof(float));
     const float on = sc_on ? 1.0f : 0.0f;
     set_input(dg.sc_on, &on, sizeof(float));
@@ -116,15 +115,14 @@ void fill_decoder_inputs(const decoder_graph & dg, const kv_store & kv, const in
     set_input(dg.uniforms, u.data(), sizeof(float) * C);
     if (dg.mask_swa && dg.mask_swa->buffer) {
         const ggml_fp16_t zero = ggml_fp32_to_fp16(0.0f), ninf = ggml_fp32_to_fp16(-INFINITY);
-        std::vector<ggml_fp16_t> row(R);
+        std::vector<ggml_fp16_t> row(S, zero);   // the canvas slots R .. S-1: always visible
         for (int32_t s = 0; s < R; s++) {
             const int32_t ps = kv.ring_pos(s);
             // reference (DynamicCache): the decoder sees the last min(P, sw - 1) stored positions
             row[s] = (ps >= 0 && ps < P && ps >= P - W) ? zero : ninf;
         }
-        for (int32_t i = 0; i < C; i++) row[(P + i) % R] = zero;
-        std::vector<ggml_fp16_t> m((size_t) R * C);
-        for (int32_t i = 0; i < C; i++) std::copy(row.begin(), row.end(), m.begin() + (size_t) i * R);
+        std::vector<ggml_fp16_t> m((size_t) S * C);
+        for (int32_t i = 0; i < C; i++) std::copy(row.begin(), row.end(), m.begin() + (size_t) i * S);
         set_input(dg.mask_swa, m.data(), m.size() * sizeof(ggml_fp16_t));
     }
 }

@@ -5,15 +5,16 @@
 #include "dgemma-graph.h"
 #include "dgemma-kv.h"
 
+#include <memory>
+
 namespace dgemma {
 
 struct decoder_graph {
     ggml_cgraph * gf = nullptr;
     int32_t n_past = -1;                 // the store length this graph was built for
     ggml_tensor * tokens = nullptr;      // I32 [C]
-    ggml_tensor * pos = nullptr;         // I32 [C]
-    ggml_tensor * slots_full = nullptr;  // I64 [C]
-    ggml_tensor * slots_swa = nullptr;   // I64 [C]
+    position_inputs pos;                 // canvas rows: full layers P..P+C-1, the sliding canvas slots
+    std::shared_ptr<position_values> pos_values;   // fixed for every step of this canvas
     ggml_tensor * mask_swa = nullptr;    // F16 [R, C]: the visible window + the canvas; stale ring slots hidden
     ggml_tensor * temperature = nullptr; // F32 [1]
     ggml_tensor * sc_on = nullptr;       // F32 [1]: 1 = self-conditioning from sc_state, 0 = none

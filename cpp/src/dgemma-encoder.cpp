@@ -13,12 +13,10 @@ encoder_graph build_encoder(const graph_builder & g, const kv_store & kv, int32_
     eg.gf = ggml_new_graph_custom(ctx, graph_size, false);
 
     eg.tokens = g.name(ggml_new_tensor_1d(ctx, GGML_TYPE_I32, T), "enc_tokens");
-    eg.pos = g.name(ggml_new_tensor_1d(ctx, GGML_TYPE_I32, T), "enc_pos");
-    eg.slots_full = g.name(ggml_new_tensor_1d(ctx, GGML_TYPE_I64, T), "enc_slots_full");
-    eg.slots_swa = g.name(ggml_new_tensor_1d(ctx, GGML_TYPE_I64, T), "enc_slots_swa");
+    eg.pos = g.new_position_inputs(T);
     eg.mask_full = g.name(ggml_new_tensor_2d(ctx, GGML_TYPE_F16, P + T, T), "enc_mask_full");
     eg.mask_swa = g.name(ggml_new_tensor_2d(ctx, GGML_TYPE_F16, kv.ring(), T), "enc_mask_swa");
-    for (ggml_tensor * t : {eg.tokens, eg.pos, eg.slots_full, eg.slots_swa, eg.mask_full, eg.mask_swa}) {
+    for (ggml_tensor * t : {eg.tokens, eg.mask_full, eg.mask_swa}) {
         ggml_set_input(t);
     }
 
@@ -32,7 +30,7 @@ encoder_graph build_encoder(const graph_builder & g, const kv_store & kv, int32_
         graph_builder::qkv a = g.attn_qkv(h, il, eg.pos);
 
         // write this chunk's K/V first, then attend through the written store (the view depends on it)
-        ggml_tensor * rows = swa ? eg.slots_swa : eg.slots_full;
+        ggml_tensor * rows = swa ? eg.pos.slots_swa : eg.pos.slots_full;
         const int64_t row = a.k->ne[0] * a.k->ne[1];
         ggml_tensor * ks = ggml_set_rows(ctx, kv.k(il), ggml_reshape_2d(ctx, a.k, row, T), rows);
         ggml_tensor * vs = ggml_set_rows(ctx, kv.v(il), ggml_reshape_2d(ctx, a.v, row, T), rows);
@@ -54,7 +52,7 @@ void fill_encoder_inputs(const encoder_graph & eg, const kv_store & kv, const in
                          int32_t sliding_window) {
     const int32_t P = kv.n_past(), R = kv.ring();
     set_input(eg.tokens, tokens, sizeof(int32_t) * T);
-    set_position_inputs(eg.pos, eg.slots_full, eg.slots_swa, P, T, R);
+    set_position_inputs(eg.pos, position_values(kv.model_ref(), P, T, R));
 
     const ggml_fp16_t zero = ggml_fp32_to_fp16(0.0f), ninf = ggml_fp32_to_fp16(-INFINITY);
     if (eg.mask_full && eg.mask_full->buffer) {

@@ -9,9 +9,7 @@ namespace dgemma {
 struct encoder_graph {
     ggml_cgraph * gf = nullptr;
     ggml_tensor * tokens = nullptr;     // I32 [T]
-    ggml_tensor * pos = nullptr;        // I32 [T]
-    ggml_tensor * slots_full = nullptr; // I64 [T]  store rows written by full layers
-    ggml_tensor * slots_swa = nullptr;  // I64 [T]  ring rows written by sliding layers
+    position_inputs pos;                // store rows written (full layers; the ring) and RoPE tables
     ggml_tensor * mask_full = nullptr;  // F16 [P+T, T] causal
     ggml_tensor * mask_swa = nullptr;   // F16 [R, T]   causal window over the ring
 };

@@ -9,18 +9,39 @@ void set_input(ggml_tensor * t, const void * data, size_t nbytes) {
     if (t && t->buffer) ggml_backend_tensor_set(t, data, 0, nbytes);
 }
 
-void set_position_inputs(ggml_tensor * pos, ggml_tensor * slots_full, ggml_tensor * slots_swa, int32_t P, int32_t n,
-                         int32_t ring) {
-    std::vector<int32_t> p(n);
-    std::vector<int64_t> sf(n), ss(n);
+position_values::position_values(const model & m, int32_t P, int32_t n, int32_t ring, int32_t swa_base) {
+    slots_full.resize(n);
+    slots_swa.resize(n);
     for (int32_t i = 0; i < n; i++) {
-        p[i] = P + i;
-        sf[i] = P + i;
-        ss[i] = (P + i) % ring;
+        slots_full[i] = P + i;
+        slots_swa[i] = swa_base >= 0 ? swa_base + i : (P + i) % ring;
     }
-    set_input(pos, p.data(), sizeof(int32_t) * n);
-    set_input(slots_full, sf.data(), sizeof(int64_t) * n);
-    set_input(slots_swa, ss.data(), sizeof(int64_t) * n);
+    for (int kind = 0; kind < 2; kind++) m.rope[kind].tables(P, n, cos[kind], sin[kind]);
+}
+
+void set_position_inputs(const position_inputs & pi, const position_values & pv) {
+    set_input(pi.slots_full, pv.slots_full.data(), sizeof(int64_t) * pv.slots_full.size());
+    set_input(pi.slots_swa, pv.slots_swa.data(), sizeof(int64_t) * pv.slots_swa.size());
+    for (int kind = 0; kind < 2; kind++) {
+        set_input(pi.cos[kind], pv.cos[kind].data(), sizeof(float) * pv.cos[kind].size());
+        set_input(pi.sin[kind], pv.sin[kind].data(), sizeof(float) * pv.sin[kind].size());
+    }
+}
+
+position_inputs graph_builder::new_position_inputs(int64_t n) const {
+    position_inputs pi;
+    pi.slots_full = name(ggml_new_tensor_1d(ctx, GGML_TYPE_I64, n), "slots_full");
+    pi.slots_swa = name(ggml_new_tensor_1d(ctx, GGML_TYPE_I64, n), "slots_swa");
+    ggml_set_input(pi.slots_full);
+    ggml_set_input(pi.slots_swa);
+    for (int kind = 0; kind < 2; kind++) {
+        const int64_t half = m.rope[kind].n_dims / 2;
+        pi.cos[kind] = name(ggml_new_tensor_3d(ctx, GGML_TYPE_F32, half, 1, n), kind ? "rope_cos_full" : "rope_cos_swa");
+        pi.sin[kind] = name(ggml_new_tensor_3d(ctx, GGML_TYPE_F32, half, 1, n), kind ? "rope_sin_full" : "rope_sin_swa");
+        ggml_set_input(pi.cos[kind]);
+        ggml_set_input(pi.sin[kind]);
+    }
+    return pi;
 }
 
 ggml_tensor * graph_builder::name(ggml_tensor * t, const char * what, int il) const {
@@ -49,7 +70,21 @@ ggml_tensor * graph_builder::mlp(ggml_tensor * x, ggml_tensor * wg, ggml_tensor 
     return ggml_mul_mat(ctx, wd, ggml_mul(ctx, g, u));
 }
 
-graph_builder::qkv graph_builder::attn_qkv(ggml_tensor * h, int il, ggml_tensor * pos) const {
+ggml_tensor * graph_builder::rope(ggml_tensor * x, ggml_tensor * cos, ggml_tensor * sin, int64_t n_dims) const {
+    const int64_t hd = x->ne[0], half = n_dims / 2;
+    const size_t es = ggml_element_size(x);
+    auto part = [&](int64_t off, int64_t len) {
+        return ggml_view_3d(ctx, x, len, x->ne[1], x->ne[2], x->nb[1], x->nb[2], (size_t) off * es);
+    };
+    ggml_tensor * x1 = part(0, half), * x2 = part(half, half);
+    // reference: x * cos + rotate_half(x) * sin, each product rounded on its own
+    ggml_tensor * y1 = ggml_sub(ctx, ggml_mul(ctx, x1, cos), ggml_mul(ctx, x2, sin));
+    ggml_tensor * y2 = ggml_add(ctx, ggml_mul(ctx, x2, cos), ggml_mul(ctx, x1, sin));
+    ggml_tensor * y = ggml_concat(ctx, y1, y2, 0);
+    return n_dims < hd ? ggml_concat(ctx, y, ggml_cont(ctx, part(n_dims, hd - n_dims)), 0) : y;
+}
+
+graph_builder::qkv graph_builder::attn_qkv(ggml_tensor * h, int il, const position_inputs & pi) const {
     const layer_weights & L = m.layers[il];
     const int64_t T = h->ne[1], hd = hp().head_dim(il), nH = hp().n_head, nKV = hp().n_head_kv(il);
     const bool swa = hp().is_swa(il);
@@ -64,12 +99,10 @@ graph_builder::qkv graph_builder::attn_qkv(ggml_tensor * h, int il, ggml_tensor 
     ggml_tensor * v = rms(vr, nullptr);
 
     // NEOX pairs (j, j + hd/2). Full layers: proportional RoPE = rotation over the whole head with the
-    // frequencies of the non-rotating pairs divided by 1e30 (rope_freqs).
-    const int n_dims = swa ? hp().n_rot_swa : hp().n_rot_full;
-    const float base = swa ? hp().rope_base_swa : hp().rope_base_full;
-    ggml_tensor * ff = swa ? nullptr : m.rope_freqs;
-    q = ggml_rope_ext(ctx, q, pos, ff, n_dims, GGML_ROPE_TYPE_NEOX, 0, base, 1.0f, 0.0f, 1.0f, 0.0f, 0.0f);
-    k = ggml_rope_ext(ctx, k, pos, ff, n_dims, GGML_ROPE_TYPE_NEOX, 0, base, 1.0f, 0.0f, 1.0f, 0.0f, 0.0f);
+    // frequencies of the non-rotating pairs divided by 1e30 (rope_freqs); see dgemma-rope.h.
+    const int kind = swa ? 0 : 1;
+    q = rope(q, pi.cos[kind], pi.sin[kind], m.rope[kind].n_dims);
+    k = rope(k, pi.cos[kind], pi.sin[kind], m.rope[kind].n_dims);
     return {name(q, "q", il), name(k, "k", il), name(v, "v", il)};
 }
 

@@ -5,7 +5,26 @@
 
 #include "dgemma-model.h"
 
+#include <vector>
+
 namespace dgemma {
+
+// Per-chunk position inputs: the store rows a chunk writes and its RoPE tables, per layer kind
+// (index 0: sliding layers, 1: full layers).
+struct position_inputs {
+    ggml_tensor * slots_full = nullptr;        // I64 [n]
+    ggml_tensor * slots_swa = nullptr;         // I64 [n]
+    ggml_tensor * cos[2] = {}, * sin[2] = {};  // F32 [n_dims/2, 1, n]
+};
+
+// Host values for position_inputs: positions P..P+n-1 written to slot = position on full layers and, on
+// sliding layers, position % ring (the encoder) or swa_base + i (the decoder's canvas slots).
+struct position_values {
+    std::vector<int64_t> slots_full, slots_swa;
+    std::vector<float> cos[2], sin[2];
+    position_values(const model & m, int32_t P, int32_t n, int32_t ring, int32_t swa_base = -1);
+};
+void set_position_inputs(const position_inputs & pi, const position_values & pv);
 
 struct graph_builder {
     ggml_context * ctx;
@@ -21,9 +40,15 @@ struct graph_builder {
     // (gelu(x Wg) * (x Wu)) Wd
     ggml_tensor * mlp(ggml_tensor * x, ggml_tensor * wg, ggml_tensor * wu, ggml_tensor * wd) const;
 
+    // Inputs for n positions (uploaded with set_position_inputs once allocated).
+    position_inputs new_position_inputs(int64_t n) const;
+
+    // NEOX rotation of the first n_dims of each head of x [hd, nH, T] by the tables [n_dims/2, 1, T].
+    ggml_tensor * rope(ggml_tensor * x, ggml_tensor * cos, ggml_tensor * sin, int64_t n_dims) const;
+
     struct qkv { ggml_tensor * q, * k, * v; };   // q [hd, nH, T]; k, v [hd, nKV, T]
     // Projections, q/k norms, RoPE on q and k, the unweighted norm on v (full layers: v = raw k projection).
-    qkv attn_qkv(ggml_tensor * h, int il, ggml_tensor * pos) const;
+    qkv attn_qkv(ggml_tensor * h, int il, const position_inputs & pi) const;
 
     // softmax(q K^T + mask) V with scale 1.0, K/V given as [hd, n_kv, nKV] views; returns o_proj output [H, T].
     ggml_tensor * attn_out(ggml_tensor * q, ggml_tensor * k, ggml_tensor * v, ggml_tensor * mask, int il) const;
@@ -42,9 +67,5 @@ struct graph_builder {
 // Uploads an input if the scheduler allocated it (inputs no output depends on are never allocated).
 void set_input(ggml_tensor * t, const void * data, size_t nbytes);
 
-// Positions P..P+n-1 and the store rows they are written to: slot = position on full layers,
-// position % ring on sliding layers.
-void set_position_inputs(ggml_tensor * pos, ggml_tensor * slots_full, ggml_tensor * slots_swa, int32_t P, int32_t n,
-                         int32_t ring);
 
 } // namespace dgemma

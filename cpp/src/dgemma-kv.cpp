@@ -7,7 +7,8 @@
 
 namespace dgemma {
 
-kv_store::kv_store(const model & m, int32_t n_ctx, int32_t ring_extra) : m_(m), n_ctx_(n_ctx) {
+kv_store::kv_store(const model & m, int32_t n_ctx, int32_t ring_extra, int32_t canvas)
+    : m_(m), n_ctx_(n_ctx), canvas_(canvas) {
     const hparams & hp = m.info.hp;
     window_ = std::max(0, hp.sliding_window - 1);
     ring_ = std::min(window_ + ring_extra, n_ctx);
@@ -51,7 +52,7 @@ kv_store::~kv_store() {
     if (ctx_) ggml_free(ctx_);
 }
 
-int32_t kv_store::capacity(int il) const { return m_.info.hp.is_swa(il) ? ring_ : n_ctx_; }
+int32_t kv_store::capacity(int il) const { return m_.info.hp.is_swa(il) ? ring_ + canvas_ : n_ctx_; }
 
 int32_t kv_store::slot(int il, int32_t pos) const { return m_.info.hp.is_swa(il) ? pos % ring_ : pos; }
 

@@ -1,13 +1,16 @@
 // The prompt KV store: per layer K (after k_norm + RoPE) and V (after the unweighted norm).
 //
 // Full-attention layers keep every position in slot == position (capacity n_ctx).
-// Sliding layers keep a ring of R = (sliding_window - 1) + max(n_batch, canvas) slots, slot = pos % R:
-// the decoder sees exactly the last sliding_window - 1 stored positions (reference: DynamicCache
-// retention), and the extra slots give an encoder chunk (or a canvas) room to write its own K/V before
-// attending, without evicting anything a query of that chunk can see.
+// Sliding layers keep a ring of R = (sliding_window - 1) + max(n_batch, canvas) slots, slot = pos % R,
+// followed by C canvas slots (R .. R+C-1) that belong to the decoder alone. The decoder sees exactly the
+// last sliding_window - 1 stored positions (reference: DynamicCache retention) plus the canvas; the
+// extra ring slots give an encoder chunk room to write its own K/V before attending without evicting
+// anything a query of that chunk can see, and let truncate() drop up to R - (sliding_window - 1)
+// positions and still hold the window that ends at the new length.
 //
-// Invariant: slots of positions >= n_past are free space. The decoder writes its canvas K/V there to
-// attend to them and never touches a stored position; the encoder overwrites them when it commits.
+// Invariant: ring_pos(s) is the position whose K/V ring slot s holds (-1: none). Only the encoder
+// writes ring slots (and commit() records them); the decoder writes its canvas K/V to full-layer slots
+// >= n_past (free space) and to the canvas slots, never over a stored position.
 #pragma once
 
 #include "dgemma-model.h"
@@ -18,7 +21,7 @@ namespace dgemma {
 
 class kv_store {
 public:
-    kv_store(const model & m, int32_t n_ctx, int32_t ring_extra);
+    kv_store(const model & m, int32_t n_ctx, int32_t ring_extra, int32_t canvas);
     ~kv_store();
     kv_store(const kv_store &) = delete;
     kv_store & operator=(const kv_store &) = delete;
@@ -26,11 +29,14 @@ public:
     ggml_tensor * k(int il) const { return k_[il]; }   // [hd * n_kv, capacity(il)]
     ggml_tensor * v(int il) const { return v_[il]; }
     int32_t capacity(int il) const;
-    int32_t slot(int il, int32_t pos) const;          // where position pos lives in layer il
+    int32_t slot(int il, int32_t pos) const;          // where stored position pos lives in layer il
+    int32_t canvas_slot0() const { return ring_; }    // sliding layers: first of the C canvas slots
 
+    const model & model_ref() const { return m_; }
     int32_t n_past() const { return n_past_; }
     int32_t n_ctx() const { return n_ctx_; }
     int32_t ring() const { return ring_; }
+    int32_t capacity_swa() const { return ring_ + canvas_; }   // ring + canvas slots
     int32_t window() const { return window_; }        // sliding_window - 1: stored positions a decoder sees
 
     // Position held by ring slot s of the sliding layers (-1 = empty).
@@ -41,7 +47,7 @@ public:
 
 private:
     const model & m_;
-    int32_t n_ctx_ = 0, ring_ = 0, window_ = 0, n_past_ = 0;
+    int32_t n_ctx_ = 0, ring_ = 0, canvas_ = 0, window_ = 0, n_past_ = 0;
     std::vector<int32_t> ring_pos_;
     std::vector<ggml_tensor *> k_, v_;
     ggml_context * ctx_ = nullptr;

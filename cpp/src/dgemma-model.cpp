@@ -103,8 +103,24 @@ model::model(const std::string & path, const model_params & p) : params(p) {
         L.backend = layer_on_gpu(il) ? backend_gpu : backend_cpu;
     }
     make_transposed_embedding();
+    make_rope_freqs();
     log_msg(LOG_INFO, "%s: loaded %zu tensors (%s)\n", path.c_str(), info.tensors.size(),
             backend_gpu ? ggml_backend_name(backend_gpu) : "CPU");
+}
+
+void model::make_rope_freqs() {
+    const hparams & hp = info.hp;
+    std::vector<float> ff((size_t) ggml_nelements(rope_freqs));
+    std::vector<uint8_t> raw(ggml_nbytes(rope_freqs));
+    ggml_backend_tensor_get(rope_freqs, raw.data(), 0, raw.size());
+    if (rope_freqs->type == GGML_TYPE_F32) std::memcpy(ff.data(), raw.data(), raw.size());
+    else ggml_get_type_traits(rope_freqs->type)->to_float(raw.data(), ff.data(), (int64_t) ff.size());
+    if ((int64_t) ff.size() < hp.n_rot_full / 2) {
+        throw error(info.path + ": rope_freqs.weight has " + std::to_string(ff.size()) + " values, the full layers rotate " +
+                    std::to_string(hp.n_rot_full / 2) + " pairs");
+    }
+    rope[0] = rope_table(hp.n_rot_swa, hp.rope_base_swa, nullptr);
+    rope[1] = rope_table(hp.n_rot_full, hp.rope_base_full, ff.data());
 }
 
 model::~model() {

@@ -4,6 +4,7 @@
 
 #include "dgemma.h"
 #include "dgemma-loader.h"
+#include "dgemma-rope.h"
 
 #include "ggml.h"
 #include "ggml-backend.h"
@@ -51,6 +52,7 @@ public:
     std::vector<layer_weights> layers;
 
     float embd_scale = 0.0f;                // sqrt(H) rounded to the embedding's dtype (reference)
+    rope_table rope[2];                      // RoPE frequencies: [0] sliding layers, [1] full layers
 
     ggml_backend_t backend_cpu = nullptr;
     ggml_backend_t backend_gpu = nullptr;   // null when no GPU is used
@@ -66,6 +68,7 @@ private:
     void place_weights();
     bool layer_on_gpu(int il) const;   // il = -1: the global tensors
     void make_transposed_embedding();
+    void make_rope_freqs();
     ggml_tensor * get(const std::string & name, bool required = true) const;
     uint64_t file_offset(const std::string & name) const;   // absolute offset of a tensor's data
 
