@@ -19,7 +19,7 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path
 
     def get(name: str) -> Path:
         if name not in built:
-            built[name] = tiny_checkpoint.build(tiny_checkpoint.SPECS[name], root / name)
+            built[name] = tiny_checkpoint.build(tiny_checkpoint.spec(name), root / name)
         return built[name]
 
     return get

@@ -79,6 +79,24 @@ SPECS = {
         max_position_embeddings=512), canvas_length=4, generation=None, seed=2),
 }
 
+# Long-position fixtures (RoPE at 8k..128k): two layers (sliding + full), a large max_position_embeddings.
+# "long256" has the released model's head dims (256 sliding, 512 full): the RoPE angle error grows with
+# the number of pairs, so the real widths are the honest test; "long16" is cheap enough for 128k.
+def _long(name: str, hd: int, seed: int) -> TinySpec:
+    return TinySpec(name, dict(
+        vocab_size=VOCAB, hidden_size=64, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
+        num_key_value_heads=1, head_dim=hd, global_head_dim=2 * hd, num_global_key_value_heads=1,
+        sliding_window=8, num_experts=4, top_k_experts=2, moe_intermediate_size=16,
+        use_bidirectional_attention="vision", max_position_embeddings=262144), canvas_length=8, seed=seed)
+
+
+LONG_SPECS = {"long256": _long("long256", 256, 3), "long16": _long("long16", 16, 4)}
+
+
+def spec(name: str) -> TinySpec:
+    return SPECS[name] if name in SPECS else LONG_SPECS[name]
+
+
 VISION = dict(model_type="gemma4_vision", hidden_size=16, intermediate_size=32, num_hidden_layers=1,
               num_attention_heads=2, num_key_value_heads=2, head_dim=8, position_embedding_size=64, patch_size=4)
 

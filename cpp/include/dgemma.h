@@ -270,6 +270,8 @@ struct generate_result {
 
 // Appends `prompt` to the context's stored prefix, then generates canvas after canvas. The last committed
 // canvas is not re-encoded (reference); pass it with the next turn's tokens to continue the conversation.
+// n_prompt may be 0 when the context already holds the whole prompt: the stored K/V are used as they
+// are, so the same prompt, seed and settings give the same tokens as when that prompt was encoded.
 // Invalid settings throw dgemma::error before any compute; an abort leaves the context usable.
 generate_result generate(context & ctx, const int32_t * prompt, int32_t n_prompt, const generate_params & params);
 

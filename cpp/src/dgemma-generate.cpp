@@ -76,7 +76,9 @@ void check_generate_params(const context & ctx, const generate_params & p) { (vo
 generate_result generate(context & ctx, const int32_t * prompt, int32_t n_prompt, const generate_params & p) {
     const settings s = resolve(ctx, p);
     const int32_t C = ctx.canvas_length(), V = ctx.info().hp.n_vocab, N = s.steps;
-    if (n_prompt < 1) throw error("generate: the prompt is empty; pass at least one token");
+    if (n_prompt < 0 || (n_prompt == 0 && ctx.n_past() == 0)) {
+        throw error("generate: the prompt is empty; pass at least one token");
+    }
     if (ctx.n_past() + n_prompt + C > ctx.n_ctx()) {
         throw error("generate: " + std::to_string(n_prompt) + " prompt tokens after " + std::to_string(ctx.n_past()) +
                     " stored leave no room for a canvas of " + std::to_string(C) + " in n_ctx " +

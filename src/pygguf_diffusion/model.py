@@ -147,13 +147,16 @@ class Model:
         return result
 
     def _reuse_prefix(self, tokens: list[int]) -> list[int]:
-        """Keep the stored K/V of the longest common prefix; return the tokens still to encode."""
+        """Keep the stored K/V of the longest common prefix; return the tokens still to encode.
+
+        A prompt stored whole is not encoded again: its K/V are bit for bit those of its first encoding,
+        so the same prompt, seed and settings repeat the answer. The sliding layers can only drop a
+        bounded number of positions (kv ring); past that the whole prompt is encoded afresh."""
         n = 0
         for a, b in zip(self._stored, tokens):
             if a != b:
                 break
             n += 1
-        n = min(n, len(tokens) - 1)  # at least one token must be encoded by generate()
         if n < len(self._stored):
             try:
                 self._ctx.truncate(n)
