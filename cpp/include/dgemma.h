@@ -134,6 +134,9 @@ model_info inspect_gguf(const std::string & path);
 struct model_params {
     int32_t n_gpu_layers = -1;     // layers whose weights live on the GPU (-1: all, and the globals too)
     bool    cpu_moe      = false;  // keep expert tensors on the CPU (small GPUs)
+    // Called while loading with the fraction done in [0, 1] (weights copied to devices, then the
+    // transposed embedding built), last with 1. May throw to abort the load.
+    std::function<void(float)> progress;
 };
 
 struct context_params {
@@ -156,10 +159,33 @@ enum class self_cond {
     given,      // logits supplied by the caller ([C][V] floats)
 };
 
+// The categorical draw of accepted positions (an extension; the defaults are the reference). The
+// entropy-bound acceptance and self-conditioning always use the schedule's processed logits L / T_k; only
+// the token drawn for an accepted position changes: it comes from softmax(L / (T_k * temperature))
+// restricted to the top_k most likely tokens (0: all) and to the smallest set of those holding top_p of
+// their probability (1: all). temperature 0 takes the argmax. top_k / top_p need the CPU sampling kernel.
+struct draw_params {
+    float   temperature = 1.0f;
+    int32_t top_k       = 0;
+    float   top_p       = 1.0f;
+};
+
 struct step_params {
     self_cond   sc          = self_cond::none;
     const float * sc_logits = nullptr;   // for self_cond::given: [C][V], already divided by the temperature
     float       temperature = 1.0f;      // the step's processed logits (kept for `previous`) are logits / T
+    draw_params draw;                    // the categorical sample of decode_step_reduced
+};
+
+// Devices this build can run on besides the CPU (GPU and integrated-GPU backends), by name.
+std::vector<std::string> gpu_devices();
+
+// Memory a context holds, in bytes.
+struct context_memory {
+    size_t kv_bytes      = 0;   // the prompt KV store
+    size_t sc_bytes      = 0;   // the self-conditioning state (previous step's processed logits)
+    size_t compute_bytes = 0;   // the scheduler's compute buffers (largest graph so far)
+    std::string device;         // where the output layer runs ("CPU", "CUDA0", ...)
 };
 
 // One sequence: the prompt KV store and the decoder state. Not thread-safe; one context per thread.
@@ -192,6 +218,9 @@ public:
 
     // Decoder graphs built so far: one per canvas (store length), reused by every step of that canvas.
     int64_t decoder_graph_builds() const;
+
+    context_memory memory() const;
+    int32_t n_threads() const;
 
     // decode_step plus the per-row reductions of the processed logits (logits / temperature), computed on
     // the device: argmax (lowest index on ties), entropy (nats), and the inverse-CDF categorical sample
@@ -235,7 +264,7 @@ struct generate_stats {
     double  ttft_ms = 0.0;                // generate() start -> first committed canvas
     double  total_ms = 0.0;
     int32_t committed_tokens = 0;         // generated tokens up to and including the first EOS
-    double  tokens_per_forward = 0.0;     // reference definition: non-pad new tokens / decoder forwards
+    double  tokens_per_forward = 0.0;     // returned non-pad tokens / decoder forwards
     uint64_t peak_rss_bytes = 0;
 };
 
@@ -245,6 +274,7 @@ struct generate_params {
     std::optional<double>  t_min, t_max, entropy_bound, confidence_threshold;
     std::optional<int32_t> stability_threshold;
     bool adaptive_stop = true;            // false: always run every step
+    draw_params draw;                     // the draw for accepted positions (defaults: the reference)
     int32_t max_new_tokens = -1;          // a real cap on returned tokens; -1 = until EOS or n_ctx
     uint64_t seed = 0;
     std::vector<int32_t> eos_ids;         // empty = the GGUF's end-of-generation set

@@ -131,6 +131,7 @@ py::dict vocab_dict(const dgemma::vocab_data & v) {
 }
 
 using i32_array = py::array_t<int32_t, py::array::c_style | py::array::forcecast>;
+using f32_array = py::array_t<float, py::array::c_style | py::array::forcecast>;
 
 py::dict stats_dict(const dgemma::generate_stats & st) {
     py::dict d;
@@ -150,8 +151,10 @@ py::dict stats_dict(const dgemma::generate_stats & st) {
 dgemma::generate_params make_params(int max_new_tokens, std::optional<int> steps, std::optional<double> t_min,
                                     std::optional<double> t_max, std::optional<double> entropy_bound,
                                     std::optional<int> stability, std::optional<double> confidence, bool adaptive_stop,
-                                    uint64_t seed, const std::optional<std::vector<int32_t>> & eos_ids) {
+                                    uint64_t seed, const std::optional<std::vector<int32_t>> & eos_ids,
+                                    const dgemma::draw_params & draw) {
     dgemma::generate_params p;
+    p.draw = draw;
     p.max_new_tokens = max_new_tokens;
     p.max_denoising_steps = steps;
     p.t_min = t_min;
@@ -169,10 +172,11 @@ py::dict py_generate(dgemma::context & c, i32_array prompt, int max_new_tokens, 
                      std::optional<double> t_min, std::optional<double> t_max, std::optional<double> entropy_bound,
                      std::optional<int> stability, std::optional<double> confidence, bool adaptive_stop,
                      uint64_t seed, std::optional<std::vector<int32_t>> eos_ids, py::object on_draft,
-                     py::object on_commit, py::object should_abort, py::object forced) {
+                     py::object on_commit, py::object should_abort, py::object forced, float temperature,
+                     int top_k, float top_p) {
     if (prompt.ndim() != 1) throw py::value_error("generate: prompt must be a 1-D array of token ids");
     dgemma::generate_params p = make_params(max_new_tokens, steps, t_min, t_max, entropy_bound, stability, confidence,
-                                            adaptive_stop, seed, eos_ids);
+                                            adaptive_stop, seed, eos_ids, dgemma::draw_params{temperature, top_k, top_p});
     // Python errors raised inside callbacks (KeyboardInterrupt included) abort the loop and are re-raised
     // once the engine has returned.
     std::unique_ptr<py::error_already_set> pending;
@@ -278,13 +282,34 @@ PYBIND11_MODULE(_core, m) {
     }, py::arg("path"), "Open a GGUF, check it against the DiffusionGemma schema, return its description.");
 
     py::class_<model_handle>(m, "Model")
-        .def(py::init([](const std::string & path, int n_gpu_layers, bool cpu_moe) {
+        .def(py::init([](const std::string & path, int n_gpu_layers, bool cpu_moe, py::object progress) {
                  dgemma::model_params p;
                  p.n_gpu_layers = n_gpu_layers;
                  p.cpu_moe = cpu_moe;
-                 py::gil_scoped_release release;
-                 return model_handle{dgemma::load_model(path, p)};
-             }), py::arg("path"), py::arg("n_gpu_layers") = -1, py::arg("cpu_moe") = false)
+                 std::unique_ptr<py::error_already_set> pending;
+                 if (!progress.is_none()) {
+                     // a Python error (Ctrl-C included) aborts the load and is re-raised here
+                     p.progress = [&](float f) {
+                         py::gil_scoped_acquire gil;
+                         try {
+                             progress(f);
+                         } catch (py::error_already_set & e) {
+                             pending = std::make_unique<py::error_already_set>(std::move(e));
+                             throw dgemma::error("model loading interrupted");
+                         }
+                     };
+                 }
+                 std::shared_ptr<dgemma::model> m;
+                 try {
+                     py::gil_scoped_release release;
+                     m = dgemma::load_model(path, p);
+                 } catch (const dgemma::error &) {
+                     if (pending) throw std::move(*pending);
+                     throw;
+                 }
+                 return model_handle{m};
+             }), py::arg("path"), py::arg("n_gpu_layers") = -1, py::arg("cpu_moe") = false,
+             py::arg("progress") = py::none(), "progress: called with the fraction loaded in [0, 1].")
         .def("info", [](const model_handle & h) { return to_dict(dgemma::get_model_info(*h.m)); })
         .def("vocab", [](const model_handle & h) { return vocab_dict(dgemma::get_model_vocab(*h.m)); },
              "The tokenizer arrays, read from the already-open file.");
@@ -345,6 +370,29 @@ PYBIND11_MODULE(_core, m) {
              py::arg("return_logits") = true,
              "One denoising step; returns the softcapped logits [C, V]. sc: None (first step), 'previous' "
              "(this context's previous step, kept on the device) or given processed logits [C, V].")
+        .def("decode_step_reduced", [](dgemma::context & c, i32_array canvas, f32_array uniforms, bool sc_previous,
+                                       float temperature, float draw_temperature, int top_k, float top_p) {
+                 const int64_t C = c.canvas_length();
+                 if (canvas.ndim() != 1 || canvas.size() != C || uniforms.ndim() != 1 || uniforms.size() != C) {
+                     throw py::value_error("decode_step_reduced: canvas and uniforms must be 1-D arrays of " +
+                                           std::to_string(C) + " values");
+                 }
+                 dgemma::step_params sp;
+                 sp.sc = sc_previous ? dgemma::self_cond::previous : dgemma::self_cond::none;
+                 sp.temperature = temperature;
+                 sp.draw = dgemma::draw_params{draw_temperature, top_k, top_p};
+                 std::vector<int32_t> cv(canvas.data(), canvas.data() + C), am(C), smp(C);
+                 std::vector<float> u(uniforms.data(), uniforms.data() + C), ent(C);
+                 {
+                     py::gil_scoped_release release;
+                     c.decode_step_reduced(cv.data(), sp, u.data(), am.data(), ent.data(), smp.data(), nullptr);
+                 }
+                 return py::make_tuple(py::array_t<int32_t>(C, am.data()), py::array_t<float>(C, ent.data()),
+                                       py::array_t<int32_t>(C, smp.data()));
+             }, py::arg("canvas"), py::arg("uniforms"), py::arg("sc_previous") = false, py::arg("temperature") = 1.0f,
+             py::arg("draw_temperature") = 1.0f, py::arg("top_k") = 0, py::arg("top_p") = 1.0f,
+             "One step's per-row reductions of logits / temperature: (argmax, entropy, sample) for the given "
+             "uniforms and draw settings.")
         .def("read_kv", [](const dgemma::context & c, int il) {
                  std::vector<int32_t> pos;
                  std::vector<float> k, v;
@@ -360,27 +408,42 @@ PYBIND11_MODULE(_core, m) {
         .def_property_readonly("n_past", &dgemma::context::n_past)
         .def_property_readonly("n_ctx", &dgemma::context::n_ctx)
         .def_property_readonly("canvas_length", &dgemma::context::canvas_length)
-        .def_property_readonly("decoder_graph_builds", &dgemma::context::decoder_graph_builds);
+        .def_property_readonly("decoder_graph_builds", &dgemma::context::decoder_graph_builds)
+        .def_property_readonly("n_threads", &dgemma::context::n_threads)
+        .def("memory", [](const dgemma::context & c) {
+                 const dgemma::context_memory mem = c.memory();
+                 py::dict d;
+                 d["kv_bytes"] = mem.kv_bytes;
+                 d["sc_bytes"] = mem.sc_bytes;
+                 d["compute_bytes"] = mem.compute_bytes;
+                 d["device"] = mem.device;
+                 return d;
+             }, "Bytes held: KV store, self-conditioning state, compute buffers; the output layer's device.");
+    m.def("gpu_backends", &dgemma::gpu_devices, "Names of the GPU devices this build can use (empty: CPU only).");
 
     m.def("generate", &py_generate, py::arg("context"), py::arg("prompt"), py::arg("max_new_tokens") = -1,
           py::arg("max_denoising_steps") = py::none(), py::arg("t_min") = py::none(), py::arg("t_max") = py::none(),
           py::arg("entropy_bound") = py::none(), py::arg("stability_threshold") = py::none(),
           py::arg("confidence_threshold") = py::none(), py::arg("adaptive_stop") = true, py::arg("seed") = 0,
           py::arg("eos_ids") = py::none(), py::arg("on_draft") = py::none(), py::arg("on_commit") = py::none(),
-          py::arg("should_abort") = py::none(), py::arg("forced") = py::none(),
+          py::arg("should_abort") = py::none(), py::arg("forced") = py::none(), py::arg("temperature") = 1.0f,
+          py::arg("top_k") = 0, py::arg("top_p") = 1.0f,
           "Run the reference generate() loop. Callbacks receive dicts; Ctrl-C or an exception in a callback "
           "stops generation after the current step and is re-raised; the context stays usable.");
 
     m.def("check_generate", [](const dgemma::context & c, int max_new_tokens, std::optional<int> steps,
                                std::optional<double> t_min, std::optional<double> t_max,
                                std::optional<double> entropy_bound, std::optional<int> stability,
-                               std::optional<double> confidence, std::optional<std::vector<int32_t>> eos_ids) {
+                               std::optional<double> confidence, std::optional<std::vector<int32_t>> eos_ids,
+                               float temperature, int top_k, float top_p) {
         dgemma::check_generate_params(c, make_params(max_new_tokens, steps, t_min, t_max, entropy_bound, stability,
-                                                     confidence, true, 0, eos_ids));
+                                                     confidence, true, 0, eos_ids,
+                                                     dgemma::draw_params{temperature, top_k, top_p}));
     }, py::arg("context"), py::arg("max_new_tokens") = -1, py::arg("max_denoising_steps") = py::none(),
        py::arg("t_min") = py::none(), py::arg("t_max") = py::none(), py::arg("entropy_bound") = py::none(),
        py::arg("stability_threshold") = py::none(), py::arg("confidence_threshold") = py::none(),
-       py::arg("eos_ids") = py::none(), "Validate generation settings without running anything.");
+       py::arg("eos_ids") = py::none(), py::arg("temperature") = 1.0f, py::arg("top_k") = 0, py::arg("top_p") = 1.0f,
+       "Validate generation settings without running anything.");
 
     m.def("schedule_temperature", &dgemma::schedule_temperature, py::arg("t_min"), py::arg("t_max"),
           py::arg("k"), py::arg("n_steps"), "The reference temperature at k steps remaining (float32 math).");

@@ -3,6 +3,7 @@
 #include "dgemma-kv.h"
 #include "dgemma-log.h"
 #include "dgemma-model.h"
+#include "dgemma-sampler.h"
 
 #include "ggml-alloc.h"
 #include "ggml-cpu.h"
@@ -102,6 +103,7 @@ public:
                         " stored positions exceeds n_ctx " + std::to_string(kv_.n_ctx()) + "; use a larger n_ctx");
         }
         if (sp.sc == self_cond::given && !sp.sc_logits) throw error("decode_step: self_cond::given without logits");
+        check_draw_params(sp.draw);
         if (dec_graph_n_past_ != kv_.n_past()) have_previous_ = false;   // a new canvas
         if (sp.sc == self_cond::previous && !have_previous_) {
             throw error("decode_step: no previous step to self-condition on");
@@ -116,7 +118,11 @@ public:
             ++dec_builds_;
         }
         if (sp.sc == self_cond::given) ggml_backend_tensor_set(sc_state_, sp.sc_logits, 0, sizeof(float) * V * C);
-        fill_decoder_inputs(dec_, kv_, canvas, C, sp.temperature, sp.sc != self_cond::none, uniforms);
+        if (!dec_.reduced && (sp.draw.top_k > 0 || sp.draw.top_p < 1.0f)) {
+            throw error("decode_step: top_k / top_p need the CPU sampling kernel; this model's output layer runs on " +
+                        std::string(ggml_backend_name(m_->backend_globals)) + " (use temperature alone there)");
+        }
+        fill_decoder_inputs(dec_, kv_, canvas, C, sp.temperature, sp.sc != self_cond::none, uniforms, sp.draw);
         compute(dec_.gf);
         have_previous_ = true;
         if (logits_out) ggml_backend_tensor_get(dec_.logits, logits_out, 0, sizeof(float) * V * C);
@@ -136,6 +142,11 @@ public:
                 ggml_backend_tensor_get(dec_.sample, cnt.data(), 0, sizeof(float) * C);
                 // the count of cdf entries below u; rounding can leave the last cdf entry under u
                 for (int32_t i = 0; i < C; i++) sample[i] = std::min((int32_t) cnt[i], (int32_t) V - 1);
+                if (sp.draw.temperature <= 0.0f) {   // greedy: the argmax is drawn
+                    std::vector<int32_t> am(C);
+                    ggml_backend_tensor_get(dec_.argmax, am.data(), 0, sizeof(int32_t) * C);
+                    std::copy(am.begin(), am.end(), sample);
+                }
             }
         }
     }
@@ -158,6 +169,16 @@ public:
     }
 
     void truncate(int32_t n) { kv_.truncate(n); }
+
+    context_memory memory() const {
+        context_memory mem;
+        mem.kv_bytes = kv_.nbytes();
+        mem.sc_bytes = ggml_backend_buffer_get_size(sc_buf_);
+        for (ggml_backend_t b : m_->backends()) mem.compute_bytes += ggml_backend_sched_get_buffer_size(sched_, b);
+        mem.device = ggml_backend_name(m_->backend_globals);
+        return mem;
+    }
+    int32_t n_threads() const { return n_threads_; }
     int64_t decoder_graph_builds() const { return dec_builds_; }
 
     const model_info & info() const { return m_->info; }
@@ -221,5 +242,17 @@ void context::read_kv(int il, std::vector<int32_t> & positions, std::vector<floa
 }
 void context::truncate(int32_t n) { impl_->truncate(n); }
 int64_t context::decoder_graph_builds() const { return impl_->decoder_graph_builds(); }
+context_memory context::memory() const { return impl_->memory(); }
+int32_t context::n_threads() const { return impl_->n_threads(); }
+
+std::vector<std::string> gpu_devices() {
+    std::vector<std::string> names;
+    for (size_t i = 0; i < ggml_backend_dev_count(); i++) {
+        ggml_backend_dev_t d = ggml_backend_dev_get(i);
+        const auto t = ggml_backend_dev_type(d);
+        if (t == GGML_BACKEND_DEVICE_TYPE_GPU || t == GGML_BACKEND_DEVICE_TYPE_IGPU) names.push_back(ggml_backend_dev_name(d));
+    }
+    return names;
+}
 
 } // namespace dgemma

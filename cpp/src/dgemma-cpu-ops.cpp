@@ -2,6 +2,7 @@
 // glibc's vectorised libmvec (<= 4 ulp). Keep this file free of anything that relies on IEEE corner cases.
 #include "dgemma-cpu-ops.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <vector>
@@ -25,13 +26,67 @@ void softcap_rows(ggml_tensor * dst, const ggml_tensor * a, int ith, int nth, vo
     }
 }
 
+// The categorical draw restricted by the draw settings (see draw_params in dgemma.h): weights
+// w_i = exp((x_i - max) / tau) (w = e when tau is 1), the top_k largest, then the smallest set of those
+// whose mass reaches top_p of theirs; the inverse CDF walks the kept tokens in index order, so top_k = V
+// and top_p = 1 draw exactly what the unrestricted path draws.
+int64_t restricted_draw(const float * x, int64_t V, float mx, float tau, int64_t top_k, float top_p, double u,
+                        const std::vector<float> & e, std::vector<float> & w, std::vector<int32_t> & idx) {
+    const float * wp = e.data();
+    if (tau != 1.0f) {
+        const float inv = 1.0f / tau;
+#pragma omp simd
+        for (int64_t i = 0; i < V; i++) w[(size_t) i] = expf((x[i] - mx) * inv);
+        wp = w.data();
+    }
+    const int64_t k = top_k > 0 && top_k < V ? top_k : V;
+    for (int64_t i = 0; i < V; i++) idx[(size_t) i] = (int32_t) i;
+    auto heavier = [wp](int32_t a, int32_t b) { return wp[a] > wp[b] || (wp[a] == wp[b] && a < b); };
+    if (k < V) std::nth_element(idx.begin(), idx.begin() + k, idx.end(), heavier);
+    int64_t kept = k;
+    if (top_p < 1.0f) {
+        double mass = 0.0;
+        for (int64_t j = 0; j < k; j++) mass += wp[idx[(size_t) j]];
+        const double need = (double) top_p * mass;
+        // grow a sorted head of the candidates until it holds the nucleus (nucleus sizes are usually small)
+        for (int64_t m = std::min<int64_t>(k, 64);; m = std::min<int64_t>(k, 2 * m)) {
+            if (m < k) std::nth_element(idx.begin(), idx.begin() + m, idx.begin() + k, heavier);
+            std::sort(idx.begin(), idx.begin() + m, heavier);
+            double cum = 0.0;
+            int64_t j = 0;
+            while (j < m && cum < need) cum += wp[idx[(size_t) j++]];
+            if (cum >= need || m == k) {
+                kept = std::max<int64_t>(j, 1);
+                break;
+            }
+        }
+    }
+    std::sort(idx.begin(), idx.begin() + kept);
+    double total = 0.0;
+    for (int64_t j = 0; j < kept; j++) total += wp[idx[(size_t) j]];
+    const double target = u * total;
+    double cdf = 0.0;
+    int64_t j = 0;
+    while (j < kept - 1 && (cdf += wp[idx[(size_t) j]]) < target) j++;
+    return idx[(size_t) j];
+}
+
 void reduce_rows(ggml_tensor * dst, int ith, int nth, void * /*userdata*/) {
     const ggml_tensor * lp = dst->src[0];
     const ggml_tensor * u = dst->src[1];
+    const float * draw = (const float *) dst->src[2]->data;   // temperature, top_k, top_p
+    const float tau = draw[0], top_p = draw[2];
+    const int64_t top_k = (int64_t) draw[1];
     const int64_t V = lp->ne[0], C = lp->ne[1];
+    const bool restricted = tau != 1.0f || (top_k > 0 && top_k < V) || top_p < 1.0f;
     const int64_t per = (C + nth - 1) / nth;
     const int64_t r0 = per * ith, r1 = r0 + per < C ? r0 + per : C;
-    std::vector<float> e((size_t) V);
+    std::vector<float> e((size_t) V), w;
+    std::vector<int32_t> idx;
+    if (restricted) {
+        w.resize((size_t) V);
+        idx.resize((size_t) V);
+    }
     for (int64_t r = r0; r < r1; r++) {
         const float * x = (const float *) ((const char *) lp->data + r * lp->nb[1]);
         float mx = x[0];
@@ -48,22 +103,31 @@ void reduce_rows(ggml_tensor * dst, int ith, int nth, void * /*userdata*/) {
         }
         const double lse = mx + std::log(sum);
         const double entropy = lse - sum_ex / sum;
-        const double target = (double) *(const float *) ((const char *) u->data + r * u->nb[1]) * sum;
-        double cdf = 0.0;
-        int64_t below = 0;
-        while (below < V && (cdf += e[(size_t) below]) < target) below++;
+        const double ur = (double) *(const float *) ((const char *) u->data + r * u->nb[1]);
+        int64_t sample;
+        if (tau <= 0.0f) {
+            sample = am;   // greedy: the argmax is drawn
+        } else if (restricted) {
+            sample = restricted_draw(x, V, mx, tau, top_k, top_p, ur, e, w, idx);
+        } else {
+            const double target = ur * sum;
+            double cdf = 0.0;
+            int64_t below = 0;
+            while (below < V && (cdf += e[(size_t) below]) < target) below++;
+            sample = below < V ? below : V - 1;
+        }
         float * out = (float *) ((char *) dst->data + r * dst->nb[1]);
         out[0] = (float) am;
         out[1] = (float) entropy;
-        out[2] = (float) (below < V ? below : V - 1);
+        out[2] = (float) sample;
     }
 }
 
 } // namespace
 
-ggml_tensor * row_reductions_cpu(ggml_context * ctx, ggml_tensor * lp, ggml_tensor * uniforms) {
-    ggml_tensor * args[2] = {lp, uniforms};
-    return ggml_custom_4d(ctx, GGML_TYPE_F32, 3, lp->ne[1], 1, 1, args, 2, reduce_rows, GGML_N_TASKS_MAX, nullptr);
+ggml_tensor * row_reductions_cpu(ggml_context * ctx, ggml_tensor * lp, ggml_tensor * uniforms, ggml_tensor * draw) {
+    ggml_tensor * args[3] = {lp, uniforms, draw};
+    return ggml_custom_4d(ctx, GGML_TYPE_F32, 3, lp->ne[1], 1, 1, args, 3, reduce_rows, GGML_N_TASKS_MAX, nullptr);
 }
 
 ggml_tensor * softcap_cpu_inplace(ggml_context * ctx, ggml_tensor * x, const float * cap) {

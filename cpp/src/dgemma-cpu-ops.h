@@ -13,6 +13,8 @@ ggml_tensor * softcap_cpu_inplace(ggml_context * ctx, ggml_tensor * x, const flo
 // Per-row reductions of processed logits lp [V, C] against uniforms [1, C], fused in one kernel:
 // returns [3, C] f32 rows of (argmax, entropy, inverse-CDF sample index). Argmax takes the lowest index on
 // ties; entropy = lse - sum(p * lp) with double accumulators; the sample is the count of cdf entries < u.
-ggml_tensor * row_reductions_cpu(ggml_context * ctx, ggml_tensor * lp, ggml_tensor * uniforms);
+// draw: F32 [3] = (temperature, top_k, top_p) of the categorical draw (draw_params); the defaults
+// (1, 0, 1) draw from softmax(lp) itself, temperature 0 draws the argmax.
+ggml_tensor * row_reductions_cpu(ggml_context * ctx, ggml_tensor * lp, ggml_tensor * uniforms, ggml_tensor * draw);
 
 } // namespace dgemma

@@ -24,8 +24,9 @@ decoder_graph build_decoder(const graph_builder & g, const kv_store & kv, ggml_t
     dg.temperature = g.name(ggml_new_tensor_1d(ctx, GGML_TYPE_F32, 1), "temperature");
     dg.sc_on = g.name(ggml_new_tensor_1d(ctx, GGML_TYPE_F32, 1), "sc_on");
     dg.uniforms = g.name(ggml_new_tensor_2d(ctx, GGML_TYPE_F32, 1, C), "uniforms");
-    for (ggml_tensor * t : {dg.tokens, dg.mask_swa, dg.temperature, dg.sc_on,
-                            dg.uniforms}) {
+    dg.draw = g.name(ggml_new_tensor_1d(ctx, GGML_TYPE_F32, 3), "draw");
+    dg.draw_scale = g.name(ggml_new_tensor_1d(ctx, GGML_TYPE_F32, 1), "draw_scale");
+    for (ggml_tensor * t : {dg.tokens, dg.mask_swa, dg.temperature, dg.sc_on, dg.uniforms, dg.draw, dg.draw_scale}) {
         ggml_set_input(t);
     }
 
@@ -79,7 +80,7 @@ decoder_graph build_decoder(const graph_builder & g, const kv_store & kv, ggml_t
     // DGEMMA_GENERIC_REDUCTIONS=1 forces the backend-independent ops on the CPU too (tests, debugging)
     static const bool force_generic = std::getenv("DGEMMA_GENERIC_REDUCTIONS") != nullptr;
     if (m.backend_globals == m.backend_cpu && !force_generic) {
-        dg.reduced = g.name(row_reductions_cpu(ctx, lp, dg.uniforms), "row_reductions");
+        dg.reduced = g.name(row_reductions_cpu(ctx, lp, dg.uniforms, dg.draw), "row_reductions");
         ggml_set_output(dg.reduced);
         ggml_build_forward_expand(dg.gf, dg.reduced);
     } else {
@@ -90,7 +91,9 @@ decoder_graph build_decoder(const graph_builder & g, const kv_store & kv, ggml_t
         ggml_tensor * pmax = ggml_reshape_2d(ctx, ggml_get_rows(ctx, ggml_reshape_3d(ctx, p, 1, V, C), at), 1, C);
         ggml_tensor * lse = ggml_sub(ctx, maxv, ggml_log(ctx, pmax));
         dg.entropy = g.name(ggml_sub(ctx, lse, ggml_sum_rows(ctx, ggml_mul(ctx, p, lp))), "entropy");
-        ggml_tensor * below = ggml_step(ctx, ggml_neg(ctx, ggml_sub(ctx, ggml_cumsum(ctx, p), dg.uniforms)));
+        // the draw's own distribution: softmax(lp / draw temperature) (greedy is resolved on the host)
+        ggml_tensor * pd = ggml_soft_max(ctx, ggml_mul(ctx, lp, dg.draw_scale));
+        ggml_tensor * below = ggml_step(ctx, ggml_neg(ctx, ggml_sub(ctx, ggml_cumsum(ctx, pd), dg.uniforms)));
         dg.sample = g.name(ggml_sum_rows(ctx, below), "sample");
         for (ggml_tensor * t : {dg.argmax, dg.entropy, dg.sample}) {
             ggml_set_output(t);
@@ -103,7 +106,7 @@ decoder_graph build_decoder(const graph_builder & g, const kv_store & kv, ggml_t
 }
 
 void fill_decoder_inputs(const decoder_graph & dg, const kv_store & kv, const int32_t * canvas, int32_t C,
-                         float temperature, bool sc_on, const float * uniforms) {
+                         float temperature, bool sc_on, const float * uniforms, const draw_params & draw) {
     const int32_t P = kv.n_past(), R = kv.ring(), W = kv.window(), S = kv.capacity_swa();
     set_input(dg.tokens, canvas, sizeof(int32_t) * C);
     set_position_inputs(dg.pos, *dg.pos_values);
@@ -113,6 +116,10 @@ void fill_decoder_inputs(const decoder_graph & dg, const kv_store & kv, const in
     std::vector<float> u(uniforms ? uniforms : nullptr, uniforms ? uniforms + C : nullptr);
     if (!uniforms) u.assign(C, 0.5f);
     set_input(dg.uniforms, u.data(), sizeof(float) * C);
+    const float dv[3] = {draw.temperature, (float) draw.top_k, draw.top_p};
+    set_input(dg.draw, dv, sizeof(dv));
+    const float scale = draw.temperature > 0.0f ? 1.0f / draw.temperature : 1.0f;
+    set_input(dg.draw_scale, &scale, sizeof(float));
     if (dg.mask_swa && dg.mask_swa->buffer) {
         const ggml_fp16_t zero = ggml_fp32_to_fp16(0.0f), ninf = ggml_fp32_to_fp16(-INFINITY);
         std::vector<ggml_fp16_t> row(S, zero);   // the canvas slots R .. S-1: always visible

@@ -19,6 +19,8 @@ struct decoder_graph {
     ggml_tensor * temperature = nullptr; // F32 [1]
     ggml_tensor * sc_on = nullptr;       // F32 [1]: 1 = self-conditioning from sc_state, 0 = none
     ggml_tensor * uniforms = nullptr;    // F32 [1, C]: one uniform draw per row for the categorical sample
+    ggml_tensor * draw = nullptr;        // F32 [3]: draw_params (temperature, top_k, top_p), CPU kernel
+    ggml_tensor * draw_scale = nullptr;  // F32 [1]: 1 / draw temperature (1 when greedy), generic path
     ggml_tensor * logits = nullptr;      // F32 [V, C] softcapped
     // per-row reductions of the processed logits (logits / temperature), read back instead of the logits
     ggml_tensor * argmax = nullptr;      // I32 [C]
@@ -32,6 +34,6 @@ struct decoder_graph {
 decoder_graph build_decoder(const graph_builder & g, const kv_store & kv, ggml_tensor * sc_state, int32_t C,
                             int graph_size);
 void fill_decoder_inputs(const decoder_graph & dg, const kv_store & kv, const int32_t * canvas, int32_t C,
-                         float temperature, bool sc_on, const float * uniforms);
+                         float temperature, bool sc_on, const float * uniforms, const draw_params & draw);
 
 } // namespace dgemma

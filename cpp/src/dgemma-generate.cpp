@@ -64,6 +64,7 @@ settings resolve(const context & ctx, const generate_params & p) {
     if (!(s.confidence > 0.0f) || !std::isfinite(s.confidence)) bad("confidence_threshold must be > 0");
     if (s.stability < 0) bad("stability_threshold must be >= 0");
     if (p.max_new_tokens == 0 || p.max_new_tokens < -1) bad("max_new_tokens must be >= 1 (or -1 for no limit)");
+    check_draw_params(p.draw);
     const int32_t V = ctx.info().hp.n_vocab;
     for (int32_t e : s.eos) if (e < 0 || e >= V) bad("eos id " + std::to_string(e) + " outside the vocabulary");
     return s;
@@ -127,6 +128,7 @@ generate_result generate(context & ctx, const int32_t * prompt, int32_t n_prompt
             step_params sp;
             sp.sc = steps == 0 ? self_cond::none : self_cond::previous;
             sp.temperature = T;
+            sp.draw = p.draw;
             ctx.decode_step_reduced(x.data(), sp, u.data(), argmax.data(), entropy.data(), sample.data(), nullptr);
             steps++;
             st.decoder_forwards++;
@@ -174,8 +176,6 @@ generate_result generate(context & ctx, const int32_t * prompt, int32_t n_prompt
             res.finish_reason = "stop";
             done = true;
         }
-        // reference tokens_per_forward: the canvas's non-pad tokens before any max_new_tokens cut
-        for (int32_t t : committed) non_pad += t != s.pad;
         if (p.max_new_tokens > 0 && (int32_t) (res.tokens.size() + committed.size()) >= p.max_new_tokens) {
             committed.resize((size_t) (p.max_new_tokens - (int32_t) res.tokens.size()));
             if (!done) res.finish_reason = "length";
@@ -186,6 +186,9 @@ generate_result generate(context & ctx, const int32_t * prompt, int32_t n_prompt
             res.finish_reason = "length";
             done = true;
         }
+        // tokens per forward counts the returned tokens (pads excluded, as the reference does), so a
+        // max_new_tokens cut counts only what the caller gets
+        for (int32_t t : committed) non_pad += t != s.pad;
         res.tokens.insert(res.tokens.end(), committed.begin(), committed.end());
         if (canvas == 0) st.ttft_ms = ms_since(t_start);
         if (p.on_commit) {

@@ -52,6 +52,12 @@ kv_store::~kv_store() {
     if (ctx_) ggml_free(ctx_);
 }
 
+size_t kv_store::nbytes() const {
+    size_t n = 0;
+    for (ggml_backend_buffer_t b : bufs_) n += ggml_backend_buffer_get_size(b);
+    return n;
+}
+
 int32_t kv_store::capacity(int il) const { return m_.info.hp.is_swa(il) ? ring_ + canvas_ : n_ctx_; }
 
 int32_t kv_store::slot(int il, int32_t pos) const { return m_.info.hp.is_swa(il) ? pos % ring_ : pos; }

@@ -42,6 +42,7 @@ public:
     // Position held by ring slot s of the sliding layers (-1 = empty).
     int32_t ring_pos(int32_t s) const { return ring_pos_[s]; }
 
+    size_t nbytes() const;                            // all K/V buffers
     void commit(int32_t pos0, int32_t n);             // positions pos0..pos0+n-1 were written
     void truncate(int32_t n);                          // forget positions >= n
 

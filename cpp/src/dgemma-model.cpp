@@ -104,8 +104,13 @@ model::model(const std::string & path, const model_params & p) : params(p) {
     }
     make_transposed_embedding();
     make_rope_freqs();
+    report_progress(1.0f);
     log_msg(LOG_INFO, "%s: loaded %zu tensors (%s)\n", path.c_str(), info.tensors.size(),
             backend_gpu ? ggml_backend_name(backend_gpu) : "CPU");
+}
+
+void model::report_progress(float f) const {
+    if (params.progress) params.progress(f);
 }
 
 void model::make_rope_freqs() {
@@ -202,9 +207,12 @@ void model::place_weights() {
         ggml_backend_buffer_set_usage(buf, GGML_BACKEND_BUFFER_USAGE_WEIGHTS);
         bufs_.push_back(buf);
         ggml_tallocr ta = ggml_tallocr_new(buf);
+        size_t done = 0;
         for (ggml_tensor * t : gpu_tensors) {
             ggml_tallocr_alloc(&ta, t);
             ggml_backend_tensor_set(t, (const char *) map_ + file_offset(t->name), 0, ggml_nbytes(t));
+            done += ggml_nbytes(t);
+            report_progress(0.5f * (float) done / (float) gpu_size);
         }
     }
 }
@@ -256,6 +264,7 @@ void model::make_transposed_embedding() {
     const size_t row_bytes = ggml_row_size(tok_embd->type, H);
     for (int64_t v0 = 0; v0 < V; v0 += block) {
         const int64_t nb = std::min(block, V - v0);
+        if ((v0 / block) % 64 == 0) report_progress(0.5f + 0.5f * (float) v0 / (float) V);
         for (int64_t r = 0; r < nb; r++) {
             const void * row = src + (size_t) (v0 + r) * row_bytes;
             if (tok_embd->type == GGML_TYPE_F32) std::memcpy(&rows[(size_t) r * H], row, H * sizeof(float));

@@ -69,6 +69,7 @@ private:
     bool layer_on_gpu(int il) const;   // il = -1: the global tensors
     void make_transposed_embedding();
     void make_rope_freqs();
+    void report_progress(float fraction) const;
     ggml_tensor * get(const std::string & name, bool required = true) const;
     uint64_t file_offset(const std::string & name) const;   // absolute offset of a tensor's data
 

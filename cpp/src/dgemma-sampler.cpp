@@ -1,9 +1,21 @@
 #include "dgemma-sampler.h"
 
+#include <cmath>
+#include <string>
+
 #include <algorithm>
 #include <numeric>
 
 namespace dgemma {
+
+void check_draw_params(const draw_params & d) {
+    auto bad = [](const std::string & what) { throw error("invalid generation setting: " + what); };
+    if (!(d.temperature >= 0.0f) || !std::isfinite(d.temperature)) {
+        bad("temperature must be a finite number >= 0, got " + std::to_string(d.temperature));
+    }
+    if (d.top_k < 0) bad("top_k must be >= 0, got " + std::to_string(d.top_k));
+    if (!(d.top_p > 0.0f && d.top_p <= 1.0f)) bad("top_p must be in (0, 1], got " + std::to_string(d.top_p));
+}
 
 float schedule_temperature(double t_min, double t_max, int k, int n_steps) {
     const float frac = (float) k / (float) n_steps;

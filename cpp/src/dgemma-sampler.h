@@ -2,10 +2,15 @@
 // ggml, no model. The generation loop feeds it the decoder's per-row reductions.
 #pragma once
 
+#include "dgemma.h"
+
 #include <cstdint>
 #include <vector>
 
 namespace dgemma {
+
+// Throws dgemma::error ("invalid generation setting: ...") for a draw outside its domain.
+void check_draw_params(const draw_params & d);
 
 // reference: T = t_min + (t_max - t_min) * (k / N) evaluated in float32 with k counting DOWN from N to 1
 // (cur_step is an int32 tensor: k / N is f32, the double (t_max - t_min) is rounded to f32, then f32 ops).

@@ -8,7 +8,7 @@ import secrets
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -21,6 +21,8 @@ from .types import CommitEvent, DraftEvent, Event, GenerationResult, GenerationS
 logger = logging.getLogger(__name__)
 
 _POLL_S = 0.05  # how often a waiting consumer wakes up, so Ctrl-C reaches it promptly
+DEFAULT_N_CTX = 8192  # the default context of Model and dgemma-cli, capped at the model's context_length
+_INT32_MAX = 2**31 - 1
 
 
 class Model:
@@ -33,25 +35,30 @@ class Model:
     Not thread-safe: one generation at a time per Model.
     """
 
-    def __init__(self, path: str | os.PathLike[str], *, n_gpu_layers: int = -1, n_ctx: int = 4096,
+    def __init__(self, path: str | os.PathLike[str], *, n_gpu_layers: int = -1, n_ctx: int | None = None,
                  n_threads: int | None = None, n_batch: int = 512, seed: int | None = None, verbose: bool = False,
-                 cpu_moe: bool = False) -> None:
+                 cpu_moe: bool = False, progress: Callable[[float], None] | None = None) -> None:
+        """n_ctx: positions the context holds (prompt + every canvas); None = min(8192, the model's
+        context_length). n_threads: None = the physical cores this process may use. progress: called
+        with the fraction loaded in [0, 1] while the weights are placed."""
         path = os.fspath(path)
         if not os.path.isfile(path):
             raise FileNotFoundError(f"{path}: no such model file; pass a .gguf path or use Model.from_pretrained")
-        for name, v in (("n_ctx", n_ctx), ("n_batch", n_batch)):
-            if not isinstance(v, int) or v < 1:
-                raise ValueError(f"{name} must be a positive integer, got {v!r}")
-        if n_threads is not None and (not isinstance(n_threads, int) or n_threads < 1):
-            raise ValueError(f"n_threads must be a positive integer or None, got {n_threads!r}")
+        for name, v in (("n_ctx", n_ctx), ("n_batch", n_batch), ("n_threads", n_threads)):
+            if v is None and name != "n_batch":
+                continue
+            if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= _INT32_MAX:
+                raise ValueError(f"{name} must be an integer in [1, {_INT32_MAX}], got {v!r}")
         _logging.install()
         if verbose:
             logging.getLogger("pygguf_diffusion").setLevel(logging.INFO)
         self.path = path
-        self._model = _core.Model(path, n_gpu_layers, cpu_moe)
+        self._model = _core.Model(path, n_gpu_layers, cpu_moe, progress=progress)
         self.info: dict[str, Any] = self._model.info()
         self.tokenizer = GemmaTokenizer.from_vocab(self._model.vocab())
-        self._ctx = _core.Context(self._model, n_ctx=n_ctx, n_batch=n_batch, n_threads=n_threads or 0)
+        if n_ctx is None:
+            n_ctx = min(DEFAULT_N_CTX, self.info["hparams"]["n_ctx_train"] or DEFAULT_N_CTX)
+        self._ctx = _core.Context(self._model, n_ctx=n_ctx, n_batch=n_batch, n_threads=n_threads or _default_threads())
         self._seed = seed
         self._stored: list[int] = []  # tokens whose K/V the context holds, in order
         self._busy = False
@@ -77,6 +84,18 @@ class Model:
     @property
     def name(self) -> str:
         return self.info.get("name") or os.path.basename(self.path)
+
+    def runtime_info(self) -> dict[str, Any]:
+        """Where and how this model runs: device of the output layer, CPU threads, dominant weight type,
+        and the bytes held by the KV store, the self-conditioning state and the compute buffers."""
+        mem = self._ctx.memory()
+        by_type: dict[str, int] = {}
+        for t in self.info["tensors"]:
+            if len(t["shape"]) >= 2:
+                by_type[t["type"]] = by_type.get(t["type"], 0) + t["nbytes"]
+        return {"device": mem["device"], "n_threads": self._ctx.n_threads,
+                "weight_type": max(by_type, key=by_type.__getitem__) if by_type else "?",
+                "kv_bytes": mem["kv_bytes"], "sc_bytes": mem["sc_bytes"], "compute_bytes": mem["compute_bytes"]}
 
     def tokenize(self, text: str, *, add_bos: bool = True) -> list[int]:
         return self.tokenizer.encode(text, add_bos=add_bos)
@@ -113,10 +132,18 @@ class Model:
                         max_denoising_steps: int | None = None, entropy_bound: float | None = None,
                         t_min: float | None = None, t_max: float | None = None,
                         stability_threshold: int | None = None, confidence_threshold: float | None = None,
-                        seed: int | None = None, drafts: bool = True) -> Iterator[Event]:
+                        seed: int | None = None, temperature: float | None = None, top_k: int | None = None,
+                        top_p: float | None = None, stop: str | Sequence[str] | None = None,
+                        drafts: bool = True) -> Iterator[Event]:
         """Yield a DraftEvent per denoising step (if `drafts`), a CommitEvent per canvas, then the
         GenerationResult. Stopping the iteration (or Ctrl-C) stops generation after the current step and
-        leaves the model usable. Unset settings come from the GGUF (the checkpoint's generation_config)."""
+        leaves the model usable. Unset settings come from the GGUF (the checkpoint's generation_config).
+
+        The OpenAI / llama-cpp-python sampling keywords act on the token drawn for each accepted position
+        (the schedule t_max..t_min still drives acceptance and self-conditioning): `temperature` scales the
+        step's temperature for that draw (1 = the model's schedule, the default; 0 = greedy: the argmax is
+        accepted instead of a sample), `top_k` and `top_p` restrict it. `stop`: generation ends at the
+        first occurrence of any of these strings, which is not returned (finish_reason "stop")."""
         if self._ctx is None:
             raise RuntimeError("the model is closed")
         if self._busy:
@@ -124,7 +151,9 @@ class Model:
         settings = _check_settings(max_new_tokens=max_new_tokens, max_denoising_steps=max_denoising_steps,
                                    entropy_bound=entropy_bound, t_min=t_min, t_max=t_max,
                                    stability_threshold=stability_threshold,
-                                   confidence_threshold=confidence_threshold)
+                                   confidence_threshold=confidence_threshold, temperature=temperature, top_k=top_k,
+                                   top_p=top_p)
+        stops = _check_stop(stop)
         tokens = self.tokenize(prompt) if isinstance(prompt, str) else [int(t) for t in prompt]
         if not tokens:
             raise ValueError("the prompt is empty")
@@ -134,7 +163,7 @@ class Model:
             raise _translate(e) from None
         if seed is None:
             seed = self._seed if self._seed is not None else secrets.randbits(63)
-        return self._stream(tokens, settings, int(seed), drafts)
+        return self._stream(tokens, settings, int(seed), drafts, stops)
 
     def generate(self, prompt: str | Sequence[int], **kwargs: Any) -> GenerationResult:
         """Generate to the end and return text, tokens, finish reason and stats (same settings as
@@ -168,7 +197,8 @@ class Model:
             logger.debug("reusing %d stored tokens of %d", n, len(tokens))
         return tokens[n:]
 
-    def _stream(self, tokens: list[int], settings: dict[str, Any], seed: int, drafts: bool) -> Iterator[Event]:
+    def _stream(self, tokens: list[int], settings: dict[str, Any], seed: int, drafts: bool,
+                stops: list[str]) -> Iterator[Event]:
         self._busy = True
         q: queue.Queue = queue.Queue()
         abort = threading.Event()
@@ -195,12 +225,15 @@ class Model:
         worker = threading.Thread(target=work, name="dgemma-generate", daemon=True)
         answer: list[int] = []
         text = ""
+        stopped = False  # a stop string was found: the rest of the run is discarded
         worker.start()
         try:
             while True:
                 try:
                     kind, payload = q.get(timeout=_POLL_S)
                 except queue.Empty:
+                    continue
+                if stopped and kind in ("draft", "commit"):
                     continue
                 if kind == "draft":
                     toks = payload["argmax"].tolist()
@@ -214,15 +247,22 @@ class Model:
                     toks = payload["tokens"].tolist()
                     answer.extend(t for t in toks if t not in eog)
                     new_text = self.tokenizer.decode(answer)
+                    cut = _find_stop(new_text, stops, len(text))
+                    if cut is not None:
+                        stopped = True
+                        abort.set()
+                        new_text = new_text[:cut]
+                        answer = _tokens_within(answer, cut, self.tokenizer.decode)
                     delta, text = new_text.removeprefix(text), new_text
                     yield CommitEvent(canvas_index=payload["canvas_index"], tokens=toks, steps=payload["steps"],
-                                      text=delta, last=bool(payload["last"]))
+                                      text=delta, last=bool(payload["last"]) or stopped)
                 elif kind == "error":
                     raise _translate(payload)
                 else:
                     r = payload
-                    yield GenerationResult(text=self.tokenizer.decode(answer), tokens=list(r["tokens"]),
-                                           finish_reason=r["finish_reason"],
+                    yield GenerationResult(text=text if stopped else self.tokenizer.decode(answer),
+                                           tokens=answer if stopped else list(r["tokens"]),
+                                           finish_reason="stop" if stopped else r["finish_reason"],
                                            stats=GenerationStats.from_dict(r["stats"]), prompt_tokens=tokens)
                     return
         finally:
@@ -246,9 +286,15 @@ class Model:
 
     # ---- chat ----------------------------------------------------------------------------------------
     def create_chat_completion(self, messages: Sequence[Mapping[str, Any]], *, stream: bool = False,
-                               max_tokens: int | None = None, **kwargs: Any) -> dict | Iterator[dict]:
+                               max_tokens: int | None = None, n: int = 1, response_format: Any = None,
+                               **kwargs: Any) -> dict | Iterator[dict]:
         """OpenAI-shaped chat completion (`stream=True`: chat.completion.chunk dicts). Settings as
-        stream_generate; `max_tokens` is accepted as the OpenAI name of max_new_tokens."""
+        stream_generate (`temperature`, `top_p`, `top_k`, `stop`, `seed` included); `max_tokens` is the
+        OpenAI name of max_new_tokens. `n` must be 1; `response_format` is not supported yet."""
+        if isinstance(n, bool) or n != 1:
+            raise ValueError(f"n={n!r}: only one choice per request is supported (n=1)")
+        if response_format is not None and dict(response_format or {}).get("type", "text") != "text":
+            raise ValueError(f"response_format {response_format!r} is not supported yet (plain text only)")
         if max_tokens is not None:
             if "max_new_tokens" in kwargs:
                 raise ValueError("pass max_tokens or max_new_tokens, not both")
@@ -281,8 +327,46 @@ def _usage(n_prompt: int, r: GenerationResult) -> dict:
     return {"prompt_tokens": n_prompt, "completion_tokens": len(r.tokens), "total_tokens": n_prompt + len(r.tokens)}
 
 
+def _default_threads() -> int:
+    try:
+        from ._threads import default_threads
+    except ImportError:  # pragma: no cover - the engine then uses every hardware thread
+        return 0
+    return default_threads()
+
+
+def _check_stop(stop: str | Sequence[str] | None) -> list[str]:
+    stops = [stop] if isinstance(stop, str) else list(stop or [])
+    if not all(isinstance(s, str) and s for s in stops):
+        raise ValueError(f"stop must be a non-empty string or a list of them, got {stop!r}")
+    return stops
+
+
+def _find_stop(text: str, stops: list[str], old_len: int) -> int | None:
+    """Where the earliest stop string starts in text (None: none), looking only at matches that end in
+    the part added since old_len characters."""
+    found = None
+    for s in stops:
+        i = text.find(s, max(0, old_len - len(s) + 1))
+        if i >= 0 and (found is None or i < found):
+            found = i
+    return found
+
+
+def _tokens_within(tokens: list[int], n_chars: int, decode: Callable[[list[int]], str]) -> list[int]:
+    """The longest prefix of tokens whose text fits in the first n_chars characters."""
+    lo, hi = 0, len(tokens)
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if len(decode(tokens[:mid])) <= n_chars:
+            lo = mid
+        else:
+            hi = mid - 1
+    return tokens[:lo]
+
+
 def _check_settings(**kw: Any) -> dict[str, Any]:
-    ints = ("max_new_tokens", "max_denoising_steps", "stability_threshold")
+    ints = ("max_new_tokens", "max_denoising_steps", "stability_threshold", "top_k")
     out: dict[str, Any] = {}
     for k, v in kw.items():
         if v is None:
@@ -295,6 +379,9 @@ def _check_settings(**kw: Any) -> dict[str, Any]:
             if isinstance(v, bool) or not isinstance(v, (int, float, np.floating)) or not np.isfinite(v):
                 raise ValueError(f"{k} must be a finite number, got {v!r}")
             out[k] = float(v)
+    for k in ints:
+        if k in out and not -_INT32_MAX <= out[k] <= _INT32_MAX:
+            raise ValueError(f"{k} must fit in 32 bits, got {out[k]}")
     if out.get("max_new_tokens", 1) < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {out['max_new_tokens']}")
     return out

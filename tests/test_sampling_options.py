@@ -1,0 +1,158 @@
+"""The OpenAI / llama-cpp-python sampling keywords: temperature (0 = greedy), top_k and top_p act on the
+token drawn for accepted positions; stop strings end generation; n and response_format are refused
+clearly. The CPU kernel's draw is checked against a NumPy formulation of the same definition."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from pygguf_diffusion import EngineError, Model, _core
+
+FAST = {"max_denoising_steps": 3}
+
+
+@pytest.fixture(scope="module")
+def ctx(converted):
+    return _core.Context(_core.Model(str(converted("spec9", "f32"))), n_ctx=128, n_threads=2)
+
+
+@pytest.fixture(scope="module")
+def model(converted):
+    return Model(converted("spec9", "f32"), n_ctx=512, n_threads=2, seed=21)
+
+
+def reference_draw(lp: np.ndarray, u: float, tau: float, top_k: int, top_p: float) -> int:
+    """draw_params' definition (dgemma.h) in float64."""
+    if tau == 0:
+        return int(np.argmax(lp))
+    w = np.exp((lp.astype(np.float64) - lp.max()) / tau)
+    order = np.lexsort((np.arange(len(w)), -w))  # heaviest first, lower index first on ties
+    k = top_k if 0 < top_k < len(w) else len(w)
+    cand = order[:k]
+    if top_p < 1:
+        cum = np.cumsum(w[cand])
+        cand = cand[: max(1, int(np.searchsorted(cum, top_p * cum[-1])) + 1)]
+    kept = np.sort(cand)
+    cdf = np.cumsum(w[kept])
+    return int(kept[min(int(np.searchsorted(cdf, u * cdf[-1])), len(kept) - 1)])
+
+
+@pytest.mark.parametrize(("tau", "top_k", "top_p"), [
+    (1.0, 0, 1.0), (0.5, 0, 1.0), (2.0, 0, 1.0), (1.0, 5, 1.0), (1.0, 0, 0.3), (0.7, 40, 0.9), (0.0, 0, 1.0),
+    (1.0, 1, 1.0),
+])
+def test_cpu_draw_matches_its_definition(ctx, tau, top_k, top_p):
+    C = ctx.canvas_length
+    rng = np.random.default_rng(int(tau * 10) + top_k)
+    ctx.truncate(0)
+    ctx.encode(rng.integers(0, 512, 12).astype(np.int32))
+    canvas = rng.integers(0, 512, C).astype(np.int32)
+    uniforms = rng.random(C).astype(np.float32)
+    T = 0.8
+    logits = ctx.decode_step(canvas, temperature=T)
+    am, ent, sample = ctx.decode_step_reduced(canvas, uniforms, temperature=T, draw_temperature=tau, top_k=top_k,
+                                              top_p=top_p)
+    lp = logits / np.float32(T)
+    np.testing.assert_array_equal(am, lp.argmax(-1))
+    want = [reference_draw(lp[i], float(uniforms[i]), tau, top_k, top_p) for i in range(C)]
+    np.testing.assert_array_equal(sample, want)
+    if tau == 0 or top_k == 1:
+        np.testing.assert_array_equal(sample, am)
+    # entropy and argmax belong to the schedule's distribution, whatever the draw settings
+    _, ent_default, _ = ctx.decode_step_reduced(canvas, uniforms, temperature=T)
+    np.testing.assert_array_equal(ent, ent_default)
+
+
+def test_unrestricted_settings_draw_exactly_the_reference_sample(ctx):
+    C = ctx.canvas_length
+    canvas, u = np.arange(C, dtype=np.int32), np.linspace(0.05, 0.95, C).astype(np.float32)
+    base = ctx.decode_step_reduced(canvas, u)[2]
+    np.testing.assert_array_equal(ctx.decode_step_reduced(canvas, u, top_k=512, top_p=1.0)[2], base)
+    np.testing.assert_array_equal(ctx.decode_step_reduced(canvas, u, top_k=10**6)[2], base)
+
+
+def test_greedy_and_top_k_1_generate_the_same_tokens(model):
+    greedy = model.generate("the hat", max_new_tokens=16, temperature=0, seed=4, **FAST)
+    top1 = model.generate("the hat", max_new_tokens=16, top_k=1, seed=4, **FAST)
+    sampled = model.generate("the hat", max_new_tokens=16, seed=4, **FAST)
+    assert greedy.tokens == top1.tokens
+    assert greedy.tokens != sampled.tokens  # the setting reaches the loop
+
+
+@pytest.mark.parametrize(("kw", "msg"), [
+    ({"temperature": -0.5}, "temperature must be a finite number >= 0"),
+    ({"temperature": float("nan")}, "temperature must be a finite number"),
+    ({"top_p": 0.0}, r"top_p must be in \(0, 1\]"),
+    ({"top_p": 1.5}, r"top_p must be in \(0, 1\]"),
+    ({"top_k": -1}, "top_k must be >= 0"),
+    ({"top_k": 2**40}, "top_k must fit in 32 bits"),
+    ({"stop": ""}, "stop must be a non-empty string"),
+    ({"stop": ["ok", 3]}, "stop must be a non-empty string"),
+])
+def test_invalid_sampling_options_are_value_errors(model, kw, msg):
+    before = model._ctx.n_past
+    with pytest.raises(ValueError, match=msg):
+        model.generate("x", **kw)
+    assert model._ctx.n_past == before
+
+
+def test_stop_string_ends_generation_and_is_not_returned(model):
+    full = model.generate("the hat", max_new_tokens=24, seed=8, **FAST)
+    text = full.text
+    assert len(text) > 12
+    stop = text[len(text) // 2: len(text) // 2 + 3]
+    want = text[: text.find(stop)]
+    r = model.generate("the hat", max_new_tokens=24, seed=8, stop=[stop, "\x00never"], **FAST)
+    assert r.finish_reason == "stop" and r.text == want
+    assert model.detokenize(r.tokens) == want[: len(model.detokenize(r.tokens))]
+    events = list(model.stream_generate("the hat", max_new_tokens=24, seed=8, stop=stop, **FAST))
+    assert "".join(e.text for e in events[:-1] if hasattr(e, "last")) == want
+    assert model.generate("again", max_new_tokens=4, **FAST).finish_reason in ("stop", "length")  # still usable
+
+
+def test_chat_completion_accepts_the_openai_keywords(model):
+    msgs = [{"role": "user", "content": "the hat"}]
+    r = model.create_chat_completion(msgs, max_tokens=8, temperature=0.5, top_p=0.9, top_k=20, seed=3, stop=["zz"],
+                                     n=1, response_format={"type": "text"}, **FAST)
+    assert r["choices"][0]["finish_reason"] in ("stop", "length")
+    again = model.create_chat_completion(msgs, max_tokens=8, temperature=0.5, top_p=0.9, top_k=20, seed=3, **FAST)
+    assert again["choices"][0]["message"] == r["choices"][0]["message"]  # seeded
+    with pytest.raises(ValueError, match="only one choice per request"):
+        model.create_chat_completion(msgs, n=2)
+    with pytest.raises(ValueError, match="response_format .* is not supported"):
+        model.create_chat_completion(msgs, response_format={"type": "json_object"})
+    with pytest.raises(TypeError, match="logit_bias"):
+        model.create_chat_completion(msgs, logit_bias={1: 5})
+
+
+def test_generic_reductions_take_temperature_and_refuse_top_k(converted):
+    """The backend-independent path (what GPUs run): the draw temperature gives the CPU kernel's tokens;
+    top_k / top_p are refused with a message instead of being ignored."""
+    code = (
+        "import sys, numpy as np; from pygguf_diffusion import _core\n"
+        f"m = _core.Model({str(converted('spec9', 'f32'))!r}); c = _core.Context(m, n_ctx=128, n_threads=2)\n"
+        "r = _core.generate(c, np.arange(2, 30, dtype=np.int32), max_new_tokens=16, seed=3, max_denoising_steps=4,"
+        " temperature=0.6)\n"
+        "print(*r['tokens'])\n"
+        "try:\n"
+        "    _core.generate(c, np.arange(2, 9, dtype=np.int32), max_new_tokens=8, top_k=3)\n"
+        "except _core.EngineError as e:\n"
+        "    print('ERR', e)\n")
+    outs = []
+    for env in ({}, {"DGEMMA_GENERIC_REDUCTIONS": "1"}):
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                             env={**os.environ, **env})
+        assert out.returncode == 0, out.stderr
+        outs.append(out.stdout.splitlines())
+    assert outs[0][0] == outs[1][0]
+    assert len(outs[0]) == 1  # the CPU kernel takes top_k
+    assert outs[1][1].startswith("ERR decode_step: top_k / top_p need the CPU sampling kernel")
+
+
+def test_engine_error_type_for_bad_draw_at_the_engine_level(ctx):
+    with pytest.raises(EngineError, match="top_p must be in"):
+        _core.generate(ctx, np.arange(2, 6, dtype=np.int32), top_p=0.0)
