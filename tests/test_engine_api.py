@@ -119,3 +119,29 @@ def test_fused_cpu_reductions_agree_with_the_generic_ggml_ops(converted):
     assert fused[-1] == generic[-1]  # same tokens: same argmax, samples and acceptance
     for a, b in zip(fused[:-1], generic[:-1]):
         np.testing.assert_allclose(np.array(a.split()[1:], float), np.array(b.split()[1:], float), atol=2e-3)
+
+
+def test_load_progress_memory_and_devices(converted):
+    seen: list[float] = []
+    m = _core.Model(str(converted("spec9", "f32")), 0, progress=seen.append)
+    assert seen and seen[-1] == 1.0 and all(0.0 <= a <= b <= 1.0 for a, b in zip(seen, seen[1:]))
+    ctx = _core.Context(m, n_ctx=64, n_threads=2)
+    before = ctx.memory()
+    assert before["device"] == "CPU" and before["kv_bytes"] > 0 and before["compute_bytes"] == 0
+    assert before["sc_bytes"] == 4 * 512 * ctx.canvas_length  # the previous step's processed logits, f32 [V, C]
+    ctx.encode(np.arange(2, 12, dtype=np.int32))
+    ctx.decode_step(np.arange(ctx.canvas_length, dtype=np.int32))
+    assert ctx.memory()["compute_bytes"] > 0 and ctx.n_threads == 2
+    assert isinstance(_core.gpu_backends(), list)
+
+
+def test_an_interrupted_load_raises_the_callers_error_and_leaves_nothing_behind(converted):
+    path = str(converted("spec9", "f32"))
+
+    def stop(fraction: float) -> None:
+        raise KeyboardInterrupt
+
+    for _ in range(3):
+        with pytest.raises(KeyboardInterrupt):
+            _core.Model(path, 0, progress=stop)
+    assert _core.Model(path, 0, progress=lambda f: None).info()["hparams"]["n_layer"] == 6

@@ -98,6 +98,21 @@ def test_truncation_after_decoding_equals_a_fresh_run(name, depth, models, check
     check(record_property, f"{name} truncate {d} after decode", got, want)
 
 
+def test_a_ring_clamped_by_a_small_n_ctx_decodes_and_truncates(models, checkpoint, record_property):
+    """n_ctx below sliding_window - 1 + max(n_batch, canvas): the ring holds n_ctx slots and never wraps."""
+    ctx = _core.Context(models("spec9"), n_ctx=20, n_batch=16, n_threads=2)
+    C = ctx.canvas_length
+    stored = tokens(20, 10)
+    ctx.encode(stored)
+    ctx.decode_step(tokens(21, C))
+    ctx.truncate(8)
+    new = tokens(22, 3)
+    ctx.encode(new)
+    canvas = tokens(23, C)
+    want = Reference(checkpoint("spec9")).step(canvas, encode=np.concatenate([stored[:8], new]))
+    check(record_property, "spec9 n_ctx 20", ctx.decode_step(canvas), want)
+
+
 def test_truncation_deeper_than_the_ring_is_refused(models):
     ctx = _core.Context(models("spec9"), n_ctx=256, n_batch=4, n_threads=2)
     ctx.encode(tokens(9, 60))

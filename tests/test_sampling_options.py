@@ -10,19 +10,21 @@ import sys
 import numpy as np
 import pytest
 
-from pygguf_diffusion import EngineError, Model, _core
+from pygguf_diffusion import CommitEvent, EngineError, Model, _core
+from pygguf_diffusion._stops import StopScanner
 
 FAST = {"max_denoising_steps": 3}
 
 
 @pytest.fixture(scope="module")
 def ctx(converted):
-    return _core.Context(_core.Model(str(converted("spec9", "f32"))), n_ctx=128, n_threads=2)
+    # n_gpu_layers=0: top_k / top_p are computed by the CPU sampling kernel (a GPU build refuses them)
+    return _core.Context(_core.Model(str(converted("spec9", "f32")), 0), n_ctx=128, n_threads=2)
 
 
 @pytest.fixture(scope="module")
 def model(converted):
-    return Model(converted("spec9", "f32"), n_ctx=512, n_threads=2, seed=21)
+    return Model(converted("spec9", "f32"), n_ctx=512, n_threads=2, seed=21, n_gpu_layers=0)
 
 
 def reference_draw(lp: np.ndarray, u: float, tau: float, top_k: int, top_p: float) -> int:
@@ -114,6 +116,36 @@ def test_stop_string_ends_generation_and_is_not_returned(model):
     assert model.generate("again", max_new_tokens=4, **FAST).finish_reason in ("stop", "length")  # still usable
 
 
+@pytest.mark.parametrize(("pieces", "stops", "want_deltas", "want_cut"), [
+    (["Hello, worl", "d! Bye"], ["world!"], ["Hello, ", ""], 7),       # spans two canvases
+    (["ab", "cd", "ef"], ["zz"], ["ab", "cd", "ef"], None),             # never found
+    (["abz", "zc"], ["zzz", "zc"], ["ab", "z"], 3),                      # earliest of several wins
+    (["a\ufffd", "\u00e9b"], [], ["a", "\u00e9b"], None),             # split character held back
+    (["abc", "d"], ["cx"], ["ab", "cd"], None),                         # held tail released when disproved
+])
+def test_stop_scanner_streams_only_text_before_the_stop(pieces, stops, want_deltas, want_cut):
+    sc, text, deltas, cut = StopScanner(stops), "", [], None
+    for i, p in enumerate(pieces):
+        text = (text.replace("\ufffd", "") if "\ufffd" in text else text) + p
+        d, cut = sc.feed(text, final=i == len(pieces) - 1)
+        deltas.append(d)
+        if cut is not None:
+            break
+    assert deltas == want_deltas and cut == want_cut
+
+
+def test_stop_string_across_a_canvas_boundary_streams_the_same_text(model):
+    events = list(model.stream_generate("the hat", max_new_tokens=24, seed=9, **FAST))
+    canvases = [e.text for e in events if isinstance(e, CommitEvent)]
+    assert len(canvases) >= 2 and len(canvases[0]) >= 2 and len(canvases[1]) >= 2
+    full = "".join(canvases)
+    stop = canvases[0][-2:] + canvases[1][:2]
+    streamed = list(model.stream_generate("the hat", max_new_tokens=24, seed=9, stop=stop, **FAST))
+    result = streamed[-1]
+    assert result.finish_reason == "stop" and result.text == full[: full.find(stop)]
+    assert "".join(e.text for e in streamed if isinstance(e, CommitEvent)) == result.text
+
+
 def test_chat_completion_accepts_the_openai_keywords(model):
     msgs = [{"role": "user", "content": "the hat"}]
     r = model.create_chat_completion(msgs, max_tokens=8, temperature=0.5, top_p=0.9, top_k=20, seed=3, stop=["zz"],
@@ -130,14 +162,16 @@ def test_chat_completion_accepts_the_openai_keywords(model):
 
 
 def test_generic_reductions_take_temperature_and_refuse_top_k(converted):
-    """The backend-independent path (what GPUs run): the draw temperature gives the CPU kernel's tokens;
-    top_k / top_p are refused with a message instead of being ignored."""
+    """The backend-independent path (what GPUs run): the draw temperature (greedy included) gives the CPU
+    kernel's tokens; top_k / top_p are refused before anything is encoded, not ignored."""
     code = (
         "import sys, numpy as np; from pygguf_diffusion import _core\n"
-        f"m = _core.Model({str(converted('spec9', 'f32'))!r}); c = _core.Context(m, n_ctx=128, n_threads=2)\n"
-        "r = _core.generate(c, np.arange(2, 30, dtype=np.int32), max_new_tokens=16, seed=3, max_denoising_steps=4,"
-        " temperature=0.6)\n"
-        "print(*r['tokens'])\n"
+        f"m = _core.Model({str(converted('spec9', 'f32'))!r}, 0); c = _core.Context(m, n_ctx=128, n_threads=2)\n"
+        "for t in (0.6, 0.0, 1e-6):\n"
+        "    c.truncate(0)\n"
+        "    r = _core.generate(c, np.arange(2, 30, dtype=np.int32), max_new_tokens=16, seed=3,"
+        " max_denoising_steps=4, temperature=t)\n"
+        "    print(*r['tokens'])\n"
         "try:\n"
         "    _core.generate(c, np.arange(2, 9, dtype=np.int32), max_new_tokens=8, top_k=3)\n"
         "except _core.EngineError as e:\n"
@@ -148,9 +182,10 @@ def test_generic_reductions_take_temperature_and_refuse_top_k(converted):
                              env={**os.environ, **env})
         assert out.returncode == 0, out.stderr
         outs.append(out.stdout.splitlines())
-    assert outs[0][0] == outs[1][0]
-    assert len(outs[0]) == 1  # the CPU kernel takes top_k
-    assert outs[1][1].startswith("ERR decode_step: top_k / top_p need the CPU sampling kernel")
+    assert outs[0][:3] == outs[1][:3]  # temperature 0.6, greedy, and a temperature small enough to be greedy
+    assert outs[0][1] == outs[0][2] != outs[0][0]
+    assert len(outs[0]) == 3  # the CPU kernel takes top_k
+    assert outs[1][3].startswith("ERR invalid generation setting: top_k / top_p need the CPU sampling kernel")
 
 
 def test_engine_error_type_for_bad_draw_at_the_engine_level(ctx):

@@ -163,7 +163,9 @@ enum class self_cond {
 // entropy-bound acceptance and self-conditioning always use the schedule's processed logits L / T_k; only
 // the token drawn for an accepted position changes: it comes from softmax(L / (T_k * temperature))
 // restricted to the top_k most likely tokens (0: all) and to the smallest set of those holding top_p of
-// their probability (1: all). temperature 0 takes the argmax. top_k / top_p need the CPU sampling kernel.
+// their probability (1: all); exactly top_k tokens are kept (ties at the k-th: the lower ids). temperature
+// 0 takes the argmax, and so does any temperature below 1e-4. top_k / top_p need the CPU sampling kernel
+// (the output layer on the CPU); elsewhere they are refused before anything is computed.
 struct draw_params {
     float   temperature = 1.0f;
     int32_t top_k       = 0;
@@ -177,7 +179,7 @@ struct step_params {
     draw_params draw;                    // the categorical sample of decode_step_reduced
 };
 
-// Devices this build can run on besides the CPU (GPU and integrated-GPU backends), by name.
+// GPU devices this build can place weights on, by name (empty: CPU only).
 std::vector<std::string> gpu_devices();
 
 // Memory a context holds, in bytes.
@@ -221,6 +223,7 @@ public:
 
     context_memory memory() const;
     int32_t n_threads() const;
+    bool samples_on_cpu() const;   // draw restrictions (top_k / top_p) are available
 
     // decode_step plus the per-row reductions of the processed logits (logits / temperature), computed on
     // the device: argmax (lowest index on ties), entropy (nats), and the inverse-CDF categorical sample

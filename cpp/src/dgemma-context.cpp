@@ -103,7 +103,7 @@ public:
                         " stored positions exceeds n_ctx " + std::to_string(kv_.n_ctx()) + "; use a larger n_ctx");
         }
         if (sp.sc == self_cond::given && !sp.sc_logits) throw error("decode_step: self_cond::given without logits");
-        check_draw_params(sp.draw);
+        const draw_params draw = check_draw_params(sp.draw, (int32_t) V, reductions_on_cpu(*m_));
         if (dec_graph_n_past_ != kv_.n_past()) have_previous_ = false;   // a new canvas
         if (sp.sc == self_cond::previous && !have_previous_) {
             throw error("decode_step: no previous step to self-condition on");
@@ -118,11 +118,7 @@ public:
             ++dec_builds_;
         }
         if (sp.sc == self_cond::given) ggml_backend_tensor_set(sc_state_, sp.sc_logits, 0, sizeof(float) * V * C);
-        if (!dec_.reduced && (sp.draw.top_k > 0 || sp.draw.top_p < 1.0f)) {
-            throw error("decode_step: top_k / top_p need the CPU sampling kernel; this model's output layer runs on " +
-                        std::string(ggml_backend_name(m_->backend_globals)) + " (use temperature alone there)");
-        }
-        fill_decoder_inputs(dec_, kv_, canvas, C, sp.temperature, sp.sc != self_cond::none, uniforms, sp.draw);
+        fill_decoder_inputs(dec_, kv_, canvas, C, sp.temperature, sp.sc != self_cond::none, uniforms, draw);
         compute(dec_.gf);
         have_previous_ = true;
         if (logits_out) ggml_backend_tensor_get(dec_.logits, logits_out, 0, sizeof(float) * V * C);
@@ -142,7 +138,7 @@ public:
                 ggml_backend_tensor_get(dec_.sample, cnt.data(), 0, sizeof(float) * C);
                 // the count of cdf entries below u; rounding can leave the last cdf entry under u
                 for (int32_t i = 0; i < C; i++) sample[i] = std::min((int32_t) cnt[i], (int32_t) V - 1);
-                if (sp.draw.temperature <= 0.0f) {   // greedy: the argmax is drawn
+                if (draw.temperature <= 0.0f) {   // greedy: the argmax is drawn
                     std::vector<int32_t> am(C);
                     ggml_backend_tensor_get(dec_.argmax, am.data(), 0, sizeof(int32_t) * C);
                     std::copy(am.begin(), am.end(), sample);
@@ -179,6 +175,7 @@ public:
         return mem;
     }
     int32_t n_threads() const { return n_threads_; }
+    bool samples_on_cpu() const { return reductions_on_cpu(*m_); }
     int64_t decoder_graph_builds() const { return dec_builds_; }
 
     const model_info & info() const { return m_->info; }
@@ -244,13 +241,15 @@ void context::truncate(int32_t n) { impl_->truncate(n); }
 int64_t context::decoder_graph_builds() const { return impl_->decoder_graph_builds(); }
 context_memory context::memory() const { return impl_->memory(); }
 int32_t context::n_threads() const { return impl_->n_threads(); }
+bool context::samples_on_cpu() const { return impl_->samples_on_cpu(); }
 
 std::vector<std::string> gpu_devices() {
     std::vector<std::string> names;
     for (size_t i = 0; i < ggml_backend_dev_count(); i++) {
         ggml_backend_dev_t d = ggml_backend_dev_get(i);
         const auto t = ggml_backend_dev_type(d);
-        if (t == GGML_BACKEND_DEVICE_TYPE_GPU || t == GGML_BACKEND_DEVICE_TYPE_IGPU) names.push_back(ggml_backend_dev_name(d));
+        // the same rule as the model's placement (integrated GPUs are not used yet)
+        if (t == GGML_BACKEND_DEVICE_TYPE_GPU) names.push_back(ggml_backend_dev_name(d));
     }
     return names;
 }

@@ -7,6 +7,11 @@
 
 namespace dgemma {
 
+bool reductions_on_cpu(const model & m) {
+    static const bool force_generic = std::getenv("DGEMMA_GENERIC_REDUCTIONS") != nullptr;
+    return m.backend_globals == m.backend_cpu && !force_generic;
+}
+
 decoder_graph build_decoder(const graph_builder & g, const kv_store & kv, ggml_tensor * sc_state, int32_t C,
                             int graph_size) {
     ggml_context * ctx = g.ctx;
@@ -77,9 +82,7 @@ decoder_graph build_decoder(const graph_builder & g, const kv_store & kv, ggml_t
     // ties), the entropy of softmax(lp), and an inverse-CDF categorical sample against one uniform per
     // row. On the CPU one fused kernel; elsewhere ggml ops: entropy = lse - sum(p * lp) with
     // lse = max - log(p[argmax]), sample = count of cdf entries below u.
-    // DGEMMA_GENERIC_REDUCTIONS=1 forces the backend-independent ops on the CPU too (tests, debugging)
-    static const bool force_generic = std::getenv("DGEMMA_GENERIC_REDUCTIONS") != nullptr;
-    if (m.backend_globals == m.backend_cpu && !force_generic) {
+    if (reductions_on_cpu(m)) {
         dg.reduced = g.name(row_reductions_cpu(ctx, lp, dg.uniforms, dg.draw), "row_reductions");
         ggml_set_output(dg.reduced);
         ggml_build_forward_expand(dg.gf, dg.reduced);
@@ -118,7 +121,7 @@ void fill_decoder_inputs(const decoder_graph & dg, const kv_store & kv, const in
     set_input(dg.uniforms, u.data(), sizeof(float) * C);
     const float dv[3] = {draw.temperature, (float) draw.top_k, draw.top_p};
     set_input(dg.draw, dv, sizeof(dv));
-    const float scale = draw.temperature > 0.0f ? 1.0f / draw.temperature : 1.0f;
+    const float scale = draw.temperature > 0.0f ? 1.0f / draw.temperature : 1.0f;   // 0: greedy, on the host
     set_input(dg.draw_scale, &scale, sizeof(float));
     if (dg.mask_swa && dg.mask_swa->buffer) {
         const ggml_fp16_t zero = ggml_fp32_to_fp16(0.0f), ninf = ggml_fp32_to_fp16(-INFINITY);

@@ -15,7 +15,7 @@ struct decoder_graph {
     ggml_tensor * tokens = nullptr;      // I32 [C]
     position_inputs pos;                 // canvas rows: full layers P..P+C-1, the sliding canvas slots
     std::shared_ptr<position_values> pos_values;   // fixed for every step of this canvas
-    ggml_tensor * mask_swa = nullptr;    // F16 [R, C]: the visible window + the canvas; stale ring slots hidden
+    ggml_tensor * mask_swa = nullptr;    // F16 [R + C, C]: the visible window + the canvas slots; the rest hidden
     ggml_tensor * temperature = nullptr; // F32 [1]
     ggml_tensor * sc_on = nullptr;       // F32 [1]: 1 = self-conditioning from sc_state, 0 = none
     ggml_tensor * uniforms = nullptr;    // F32 [1, C]: one uniform draw per row for the categorical sample
@@ -28,6 +28,10 @@ struct decoder_graph {
     ggml_tensor * sample = nullptr;      // F32 [1, C] index of the inverse-CDF sample (count of cdf < u)
     ggml_tensor * reduced = nullptr;     // CPU: the three above fused, F32 [3, C] (argmax, entropy, sample)
 };
+
+// Whether the per-row reductions (and the draw restrictions top_k / top_p) run in the fused CPU kernel:
+// the output layer is on the CPU and DGEMMA_GENERIC_REDUCTIONS is unset (tests, debugging).
+bool reductions_on_cpu(const model & m);
 
 // sc_state: F32 [V, C] persistent tensor holding the previous step's processed logits; the graph reads it
 // for self-conditioning and overwrites it with this step's logits / temperature.

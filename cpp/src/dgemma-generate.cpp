@@ -41,6 +41,7 @@ struct settings {
     int32_t stability;
     std::vector<int32_t> eos;
     int32_t pad;
+    draw_params draw;
 };
 
 settings resolve(const context & ctx, const generate_params & p) {
@@ -64,7 +65,7 @@ settings resolve(const context & ctx, const generate_params & p) {
     if (!(s.confidence > 0.0f) || !std::isfinite(s.confidence)) bad("confidence_threshold must be > 0");
     if (s.stability < 0) bad("stability_threshold must be >= 0");
     if (p.max_new_tokens == 0 || p.max_new_tokens < -1) bad("max_new_tokens must be >= 1 (or -1 for no limit)");
-    check_draw_params(p.draw);
+    s.draw = check_draw_params(p.draw, ctx.info().hp.n_vocab, ctx.samples_on_cpu());
     const int32_t V = ctx.info().hp.n_vocab;
     for (int32_t e : s.eos) if (e < 0 || e >= V) bad("eos id " + std::to_string(e) + " outside the vocabulary");
     return s;
@@ -128,7 +129,7 @@ generate_result generate(context & ctx, const int32_t * prompt, int32_t n_prompt
             step_params sp;
             sp.sc = steps == 0 ? self_cond::none : self_cond::previous;
             sp.temperature = T;
-            sp.draw = p.draw;
+            sp.draw = s.draw;
             ctx.decode_step_reduced(x.data(), sp, u.data(), argmax.data(), entropy.data(), sample.data(), nullptr);
             steps++;
             st.decoder_forwards++;

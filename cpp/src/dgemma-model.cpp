@@ -43,6 +43,16 @@ int layer_of(const std::string & name) {
 } // namespace
 
 model::model(const std::string & path, const model_params & p) : params(p) {
+    try {
+        load(path);
+    } catch (...) {
+        release();   // a failed (or interrupted) load leaves nothing allocated behind
+        throw;
+    }
+    params.progress = nullptr;   // the callback may refer to the caller's frame
+}
+
+void model::load(const std::string & path) {
     checked_gguf checked = open_checked_gguf(path, /*tensor_meta =*/ true);
     info = checked.info;
     file_ = std::move(checked.file);
@@ -128,16 +138,23 @@ void model::make_rope_freqs() {
     rope[1] = rope_table(hp.n_rot_full, hp.rope_base_full, ff.data());
 }
 
-model::~model() {
+model::~model() { release(); }
+
+void model::release() {
     for (ggml_backend_buffer_t b : bufs_) ggml_backend_buffer_free(b);
+    bufs_.clear();
     if (ctx_extra_) ggml_free(ctx_extra_);
+    ctx_extra_ = nullptr;
 #if !defined(_WIN32)
     if (map_) munmap(map_, map_size_);
 #else
     free(map_);
 #endif
+    map_ = nullptr;
     if (backend_gpu) ggml_backend_free(backend_gpu);
     if (backend_cpu) ggml_backend_free(backend_cpu);
+    backend_gpu = backend_cpu = nullptr;
+    params.progress = nullptr;
 }
 
 std::vector<ggml_backend_t> model::backends() const {

@@ -64,6 +64,8 @@ public:
     const gguf_file & file() const { return *file_; }
 
 private:
+    void load(const std::string & path);
+    void release();                    // frees everything load() acquired (also after a failed load)
     void map_file(const std::string & path);
     void place_weights();
     bool layer_on_gpu(int il) const;   // il = -1: the global tensors

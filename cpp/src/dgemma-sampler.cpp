@@ -8,13 +8,21 @@
 
 namespace dgemma {
 
-void check_draw_params(const draw_params & d) {
+draw_params check_draw_params(const draw_params & d, int32_t n_vocab, bool restrictions_available) {
     auto bad = [](const std::string & what) { throw error("invalid generation setting: " + what); };
     if (!(d.temperature >= 0.0f) || !std::isfinite(d.temperature)) {
         bad("temperature must be a finite number >= 0, got " + std::to_string(d.temperature));
     }
     if (d.top_k < 0) bad("top_k must be >= 0, got " + std::to_string(d.top_k));
     if (!(d.top_p > 0.0f && d.top_p <= 1.0f)) bad("top_p must be in (0, 1], got " + std::to_string(d.top_p));
+    draw_params n = d;
+    if (n.temperature < 1e-4f) n.temperature = 0.0f;
+    if (n.top_k >= n_vocab) n.top_k = 0;
+    if (!restrictions_available && (n.top_k > 0 || n.top_p < 1.0f)) {
+        bad("top_k / top_p need the CPU sampling kernel, and this model's output layer runs on a GPU backend; "
+            "use temperature alone there (or n_gpu_layers below the layer count)");
+    }
+    return n;
 }
 
 float schedule_temperature(double t_min, double t_max, int k, int n_steps) {

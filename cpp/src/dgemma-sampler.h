@@ -9,8 +9,10 @@
 
 namespace dgemma {
 
-// Throws dgemma::error ("invalid generation setting: ...") for a draw outside its domain.
-void check_draw_params(const draw_params & d);
+// Throws dgemma::error ("invalid generation setting: ...") for a draw outside its domain or one this
+// context cannot compute; returns it normalised: temperatures below 1e-4 become 0 (greedy: 1 / T would
+// overflow the kernels' arithmetic), top_k >= n_vocab becomes 0 (no restriction).
+draw_params check_draw_params(const draw_params & d, int32_t n_vocab, bool restrictions_available);
 
 // reference: T = t_min + (t_max - t_min) * (k / N) evaluated in float32 with k counting DOWN from N to 1
 // (cur_step is an int32 tensor: k / N is f32, the double (t_max - t_min) is rounded to f32, then f32 ops).

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from . import _core, _logging
+from ._stops import StopScanner, check_stops
 from .chat import render_chat
 from .tokenizer import GemmaTokenizer
 from .types import CommitEvent, DraftEvent, Event, GenerationResult, GenerationStats
@@ -153,7 +154,7 @@ class Model:
                                    stability_threshold=stability_threshold,
                                    confidence_threshold=confidence_threshold, temperature=temperature, top_k=top_k,
                                    top_p=top_p)
-        stops = _check_stop(stop)
+        stops = check_stops(stop)
         tokens = self.tokenize(prompt) if isinstance(prompt, str) else [int(t) for t in prompt]
         if not tokens:
             raise ValueError("the prompt is empty")
@@ -224,8 +225,8 @@ class Model:
 
         worker = threading.Thread(target=work, name="dgemma-generate", daemon=True)
         answer: list[int] = []
-        text = ""
-        stopped = False  # a stop string was found: the rest of the run is discarded
+        scanner = StopScanner(stops)
+        stop_text = ""  # the answer up to the stop string, once one is found
         worker.start()
         try:
             while True:
@@ -233,8 +234,8 @@ class Model:
                     kind, payload = q.get(timeout=_POLL_S)
                 except queue.Empty:
                     continue
-                if stopped and kind in ("draft", "commit"):
-                    continue
+                if scanner.stopped and kind in ("draft", "commit"):
+                    continue  # a stop string ended the answer: the rest of the run is discarded
                 if kind == "draft":
                     toks = payload["argmax"].tolist()
                     yield DraftEvent(canvas_index=payload["canvas_index"], step=payload["step"],
@@ -246,21 +247,20 @@ class Model:
                 elif kind == "commit":
                     toks = payload["tokens"].tolist()
                     answer.extend(t for t in toks if t not in eog)
-                    new_text = self.tokenizer.decode(answer)
-                    cut = _find_stop(new_text, stops, len(text))
+                    full = self.tokenizer.decode(answer)
+                    delta, cut = scanner.feed(full, final=bool(payload["last"]))
                     if cut is not None:
-                        stopped = True
                         abort.set()
-                        new_text = new_text[:cut]
+                        stop_text = full[:cut]
                         answer = _tokens_within(answer, cut, self.tokenizer.decode)
-                    delta, text = new_text.removeprefix(text), new_text
                     yield CommitEvent(canvas_index=payload["canvas_index"], tokens=toks, steps=payload["steps"],
-                                      text=delta, last=bool(payload["last"]) or stopped)
+                                      text=delta, last=bool(payload["last"]) or scanner.stopped)
                 elif kind == "error":
                     raise _translate(payload)
                 else:
                     r = payload
-                    yield GenerationResult(text=text if stopped else self.tokenizer.decode(answer),
+                    stopped = scanner.stopped
+                    yield GenerationResult(text=stop_text if stopped else self.tokenizer.decode(answer),
                                            tokens=answer if stopped else list(r["tokens"]),
                                            finish_reason="stop" if stopped else r["finish_reason"],
                                            stats=GenerationStats.from_dict(r["stats"]), prompt_tokens=tokens)
@@ -333,24 +333,6 @@ def _default_threads() -> int:
     except ImportError:  # pragma: no cover - the engine then uses every hardware thread
         return 0
     return default_threads()
-
-
-def _check_stop(stop: str | Sequence[str] | None) -> list[str]:
-    stops = [stop] if isinstance(stop, str) else list(stop or [])
-    if not all(isinstance(s, str) and s for s in stops):
-        raise ValueError(f"stop must be a non-empty string or a list of them, got {stop!r}")
-    return stops
-
-
-def _find_stop(text: str, stops: list[str], old_len: int) -> int | None:
-    """Where the earliest stop string starts in text (None: none), looking only at matches that end in
-    the part added since old_len characters."""
-    found = None
-    for s in stops:
-        i = text.find(s, max(0, old_len - len(s) + 1))
-        if i >= 0 and (found is None or i < found):
-            found = i
-    return found
 
 
 def _tokens_within(tokens: list[int], n_chars: int, decode: Callable[[list[int]], str]) -> list[int]:
