@@ -91,12 +91,12 @@ class AnswerView:
     """Streams committed text to `out`; with drafts (only on a terminal) paints the current canvas draft,
     dimmed, after the committed text and erases it before anything else is written."""
 
-    def __init__(self, out: TextIO, drafts: bool) -> None:
+    def __init__(self, out: TextIO, drafts: bool, size: tuple[int, int] | None = None) -> None:
         self.out = out
         self.drafts = drafts and out.isatty()
-        size = shutil.get_terminal_size((80, 24))
-        self.pen = Pen(size.columns)               # the committed text; the answer starts on a fresh row
-        self.max_rows = max(size.lines - 2, 0)     # the committed row must stay on screen to come back to it
+        columns, lines = size or shutil.get_terminal_size((80, 24))
+        self.pen = Pen(columns)                    # the committed text; the answer starts on a fresh row
+        self.max_rows = max(lines - 2, 0)          # the committed row must stay on screen to come back to it
         self.draft_rows: int | None = None         # rows the painted draft went below the committed row
 
     def _erase(self) -> str:
