@@ -4,13 +4,14 @@
 The draft view never rewrites committed text it cannot reproduce: it tracks, the way a VT100/xterm/tmux
 terminal does (wide characters take two cells, a character that does not fit wraps to the next row, a
 full row leaves the cursor pending in its last column), the row and column where the committed text ends
-and how many rows the painted draft went below it. To erase the draft it returns to the start of that
-row, clears to the end of the screen and writes the row's committed cells again, which restores the
-cursor, pending wrap included, exactly as if no draft had been painted.
+and how many rows the painted draft went below it. To erase the draft it clears those rows from the last
+up to the committed one and writes that row's committed cells again, which restores the cursor, pending
+wrap included, exactly as if no draft had been painted.
 """
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 import signal
 import sys
@@ -18,7 +19,7 @@ import unicodedata
 from collections.abc import Iterator
 from typing import TextIO
 
-DIM, RESET, CLEAR_BELOW = "\x1b[2m", "\x1b[0m", "\x1b[J"
+DIM, RESET, CLEAR_ROW, UP = "\x1b[2m", "\x1b[0m", "\x1b[2K", "\x1b[A"
 TAB = 8
 
 
@@ -94,7 +95,7 @@ class AnswerView:
     def __init__(self, out: TextIO, drafts: bool, size: tuple[int, int] | None = None) -> None:
         self.out = out
         self.drafts = drafts and out.isatty()
-        columns, lines = size or shutil.get_terminal_size((80, 24))
+        columns, lines = size or _terminal_size(out)
         self.pen = Pen(columns)                    # the committed text; the answer starts on a fresh row
         self.max_rows = max(lines - 2, 0)          # the committed row must stay on screen to come back to it
         self.draft_rows: int | None = None         # rows the painted draft went below the committed row
@@ -102,9 +103,9 @@ class AnswerView:
     def _erase(self) -> str:
         if self.draft_rows is None:
             return ""
-        up = f"\x1b[{self.draft_rows}A" if self.draft_rows else ""
-        self.draft_rows = None
-        return "\r" + up + CLEAR_BELOW + self.pen.row_text
+        # row by row: tmux (scroll-on-clear) copies a screen cleared from its top-left corner into its history
+        rows, self.draft_rows = self.draft_rows, None
+        return "\r" + (CLEAR_ROW + UP) * rows + CLEAR_ROW + self.pen.row_text
 
     def _send(self, s: str) -> None:
         with _no_sigint():
@@ -132,6 +133,18 @@ class AnswerView:
         """Erase any draft and end the answer's last line."""
         self._send(self._erase() + "\n")
         self.pen = Pen(self.pen.width)
+
+
+def _terminal_size(out: TextIO) -> tuple[int, int]:
+    """The terminal's own size: cursor arithmetic cannot trust COLUMNS / LINES from the environment, which
+    shutil.get_terminal_size prefers (and which go stale when the window is resized)."""
+    try:
+        size = os.get_terminal_size(out.fileno())
+        if size.columns > 0 and size.lines > 0:
+            return size.columns, size.lines
+    except (AttributeError, OSError, ValueError):
+        pass
+    return tuple(shutil.get_terminal_size((80, 24)))  # type: ignore[return-value]
 
 
 class LoadProgress:

@@ -245,8 +245,10 @@ class LineReader:
             line = sys.stdin.readline()
             text = line.removesuffix("\n").removesuffix("\r") if line else None
         if text is None:
-            if self.interactive:  # Ctrl-D: the shell's prompt starts on a fresh line
-                sys.stderr.write("\n")
+            if self.interactive:  # Ctrl-D: the shell's prompt starts on a fresh line (below ours)
+                where = sys.stdout if self.editing else sys.stderr
+                where.write("\n")
+                where.flush()
             return None
         first, *self.pending = text.split("\n")  # readline's bracketed paste returns several lines at once
         return first
