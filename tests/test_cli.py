@@ -52,18 +52,22 @@ def test_interactive_session_commands(gguf):
     ([], "error: no model: pass -m model.gguf or -hf repo[:quant]"),
     (["-m", "/nonexistent.gguf", "-p", "x"], "error: cannot load model: /nonexistent.gguf: no such file"),
     (["-p", "x", "-c", "0"], "error: invalid option: --ctx-size 0: must be >= 1"),
-    (["-p", "x", "--t-min", "0.9", "--t-max", "0.1"], "error: invalid generation setting: need 0 <= t_min < t_max"),
+    (["-p", "x", "--t-min", "0.9", "--t-max", "0.1"],
+     "error: invalid generation setting: need 0 <= t_min < t_max"),
     # values beyond int32 never reach the engine; absurd ones are refused before loading
     (["-p", "x", "-c", "3000000000"], "error: invalid option: --ctx-size 3000000000: must be <= 2147483647"),
-    (["-p", "x", "-n", "99999999999"], "error: invalid option: --n-predict 99999999999: must be <= 2147483647"),
+    (["-p", "x", "-n", "99999999999"],
+     "error: invalid option: --n-predict 99999999999: must be <= 2147483647"),
     (["-p", "x", "-n", "0"], "error: invalid option: --n-predict 0: must be >= 1 (or -1: until EOS)"),
     (["-p", "x", "-t", "100000"], "error: invalid option: --threads 100000: must be <= 512"),
-    (["-p", "x", "--steps", str(10**12)], "error: invalid option: --steps 1000000000000: must be <= 2147483647"),
+    (["-p", "x", "--steps", str(10**12)],
+     "error: invalid option: --steps 1000000000000: must be <= 2147483647"),
     (["-p", "x", "-ngl", "-2"], "error: invalid option: --n-gpu-layers -2: must be >= -1"),
-    (["-p", "x", "--confidence-threshold", "0"], "error: invalid option: --confidence-threshold 0.0: must be a "
-                                                 "finite number > 0"),
+    (["-p", "x", "--confidence-threshold", "0"],
+     "error: invalid option: --confidence-threshold 0.0: must be a finite number > 0"),
     (["-p", "x", "--confidence-threshold", "nan"], "error: invalid option: --confidence-threshold nan"),
-    (["-p", "x", "--entropy-bound", "-1"], "error: invalid option: --entropy-bound -1.0: must be a finite number > 0"),
+    (["-p", "x", "--entropy-bound", "-1"],
+     "error: invalid option: --entropy-bound -1.0: must be a finite number > 0"),
     (["-p", "x", "--t-max", "inf"], "error: invalid option: --t-max inf: must be a finite number"),
 ])
 def test_errors_have_clear_text_and_nonzero_exit(gguf, args, msg):

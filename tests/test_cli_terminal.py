@@ -30,10 +30,11 @@ class Tmux:
         import pygguf_diffusion  # the copy under test, wherever the tmux server starts the command
 
         src = str(Path(pygguf_diffusion.__file__).resolve().parent.parent)
-        # the shell traps Ctrl-C (a handler, not an ignore, which the command would inherit) to report the exit
-        script.write_text(f"trap true INT\nexport PYTHONPATH={shlex.quote(src)}\n{shlex.join(args)} 2>{shlex.quote(str(self.err))}"
-                          "\necho EXIT=$?\nsleep 600\n")
-        self.tmux("new-session", "-d", "-x", str(width), "-y", str(height), "-s", "t", f"sh {shlex.quote(str(script))}")
+        # the shell traps Ctrl-C (with a handler: an ignored signal would be inherited) to report the exit
+        script.write_text(f"trap true INT\nexport PYTHONPATH={shlex.quote(src)}\n"
+                          f"{shlex.join(args)} 2>{shlex.quote(str(self.err))}\necho EXIT=$?\nsleep 600\n")
+        self.tmux("new-session", "-d", "-x", str(width), "-y", str(height), "-s", "t",
+                  f"sh {shlex.quote(str(script))}")
 
     def tmux(self, *args: str) -> str:
         return subprocess.run(["tmux", "-S", self.sock, *args], capture_output=True, text=True, check=True,
@@ -92,7 +93,8 @@ def shown(text: str, width: int = W) -> list[str]:
     cells (the tiny model's text is all one cell wide: ASCII, '·' and U+FFFD)."""
     text = "".join(ch if ch.isprintable() or ch == "\n" else "·" for ch in text).rstrip("\n")
     assert not any(unicodedata.east_asian_width(ch) in ("W", "F") for ch in text)
-    return [line[i:i + width].rstrip() for line in text.split("\n") for i in range(0, max(len(line), 1), width)]
+    return [line[i:i + width].rstrip() for line in text.split("\n")
+            for i in range(0, max(len(line), 1), width)]
 
 
 def piped_answer(gguf: str, *args: str) -> str:

@@ -75,8 +75,8 @@ def test_progress_line_not_on_a_pipe(monkeypatch):
     assert calls[0]["progress"] is None
 
 
-STATS = GenerationStats(prompt_tokens=1, prompt_ms=1.0, steps_per_canvas=[1], decoder_forwards=1, decode_ms=1.0,
-                        ttft_ms=1.0, total_ms=1.0, committed_tokens=1, tokens_per_forward=1.0,
+STATS = GenerationStats(prompt_tokens=1, prompt_ms=1.0, steps_per_canvas=[1], decoder_forwards=1,
+                        decode_ms=1.0, ttft_ms=1.0, total_ms=1.0, committed_tokens=1, tokens_per_forward=1.0,
                         peak_rss_bytes=300 * 2**20)
 
 

@@ -104,8 +104,9 @@ def fit_messages(messages: Sequence[Mapping[str, Any]], count_tokens: Callable[[
     if fits(0):
         return msgs, 0
     if not fits(last):
-        raise ValueError(f"the newest message does not fit in the context: the system prompt and this message "
-                         f"take {count_tokens(msgs[:head] + rest[last:])} tokens, {budget} are available")
+        need = count_tokens(msgs[:head] + rest[last:])
+        raise ValueError(f"the newest message does not fit in the context: the system prompt and this "
+                         f"message take {need} tokens, {budget} are available")
     lo, hi = 0, len(cuts) - 1  # cuts[lo] does not fit, cuts[hi] fits; the prompt shrinks as the cut moves on
     while hi - lo > 1:
         mid = (lo + hi) // 2

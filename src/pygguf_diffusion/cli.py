@@ -72,7 +72,8 @@ def fail(what: str, detail: Any, hint: str = "") -> int:
 def check_options(args: argparse.Namespace) -> str | None:
     """The first invalid option as 'flag value: what is allowed', or None. Runs before the model loads."""
     ints = [("--ctx-size", args.ctx_size, 1, INT32_MAX), ("--threads", args.threads, 1, MAX_THREADS),
-            ("--steps", args.steps, 1, INT32_MAX), ("--stability-threshold", args.stability_threshold, 0, INT32_MAX),
+            ("--steps", args.steps, 1, INT32_MAX),
+            ("--stability-threshold", args.stability_threshold, 0, INT32_MAX),
             ("--n-gpu-layers", args.n_gpu_layers, -1, INT32_MAX), ("--seed", args.seed, 0, 2**64 - 1)]
     if args.n_predict != -1:
         ints.append(("--n-predict", args.n_predict, 1, INT32_MAX))
@@ -110,8 +111,9 @@ def load(args: argparse.Namespace):
     n_ctx = args.ctx_size
     if n_ctx is None and inspect.signature(Model.__init__).parameters["n_ctx"].default is not None:
         n_ctx = DEFAULT_N_CTX  # an engine whose own default is not "8192 capped at the model's length"
-    kw: dict[str, Any] = dict(n_ctx=n_ctx, n_gpu_layers=-1 if args.n_gpu_layers is None else args.n_gpu_layers,
-                              n_threads=args.threads, seed=args.seed, verbose=args.verbose)
+    ngl = -1 if args.n_gpu_layers is None else args.n_gpu_layers
+    kw: dict[str, Any] = dict(n_ctx=n_ctx, n_gpu_layers=ngl, n_threads=args.threads, seed=args.seed,
+                              verbose=args.verbose)
     progress = LoadProgress()
     if progress.enabled and _accepts(Model.__init__, "progress"):
         kw["progress"] = progress
@@ -126,12 +128,13 @@ def load(args: argparse.Namespace):
 
 def load_failure(e: BaseException, args: argparse.Namespace) -> int:
     """`error: …` for a failed load, with the hint that fits the failure."""
-    from . import EngineError, inspect_gguf
+    from . import EngineError
     from .hub import HubError
 
     if isinstance(e, HubError):
         return fail("cannot get the model from the Hugging Face Hub", e,
-                    "check the repository name and quant and your connection (HF_HUB_OFFLINE=1: cache only)")
+                    "check the repository name and quant, and your connection (HF_HUB_OFFLINE=1: cache "
+                    "only)")
     if isinstance(e, FileNotFoundError):
         return fail("cannot load model", e, "check the path, or use -hf repo[:quant]")
     if isinstance(e, ImportError):
@@ -139,17 +142,24 @@ def load_failure(e: BaseException, args: argparse.Namespace) -> int:
     if isinstance(e, MemoryError):
         return fail("cannot load model", "out of memory", "lower -c, or use a smaller quant")
     if isinstance(e, EngineError):
-        path = args.model
-        try:  # a file that passes the schema check failed for another reason: memory, -c, -ngl
-            if path:
-                inspect_gguf(path)
-        except (OSError, EngineError):
-            return fail("cannot load model", e, f"is it a DiffusionGemma GGUF? dgemma-inspect {path} checks it")
-        return fail("cannot load model", e, "the file is a valid DiffusionGemma GGUF: lower -c (context size) "
-                    "or -ngl, or free memory")
+        if args.model and _valid_gguf(args.model):  # then it failed for another reason: memory, -c, -ngl
+            return fail("cannot load model", e, "the file is a valid DiffusionGemma GGUF: lower -c (context "
+                        "size) or -ngl, or free memory")
+        return fail("cannot load model", e,
+                    f"is it a DiffusionGemma GGUF? dgemma-inspect {args.model or 'FILE'} checks it")
     if isinstance(e, ValueError):
         return fail("invalid option", e, "see dgemma-cli --help")
     return fail("cannot load model", e)
+
+
+def _valid_gguf(path: str) -> bool:
+    from . import EngineError, inspect_gguf
+
+    try:
+        inspect_gguf(path)
+    except (OSError, EngineError):
+        return False
+    return True
 
 
 def settings(args: argparse.Namespace) -> dict[str, Any]:
@@ -166,7 +176,8 @@ def prompt_tokens(model, messages: list[dict], raw: bool) -> list[int]:
     if raw:
         return model.tokenizer.encode("\n".join(m["content"] for m in messages if m["role"] != "assistant"),
                                       add_bos=True)
-    return model.tokenizer.encode(model.apply_chat_template(messages), add_bos=False)  # the template has <bos>
+    # the chat template writes <bos> itself
+    return model.tokenizer.encode(model.apply_chat_template(messages), add_bos=False)
 
 
 def runtime_line(model, stats) -> str:
@@ -373,14 +384,16 @@ def run(argv: list[str] | None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, stream=sys.stderr,
                         format="%(name)s: %(message)s")
     if not args.model and not args.hf_repo:
-        return fail("no model", "pass -m model.gguf or -hf repo[:quant]", "dgemma-cli --help lists the options")
+        return fail("no model", "pass -m model.gguf or -hf repo[:quant]",
+                    "dgemma-cli --help lists the options")
     if args.seed == -1:  # llama.cpp's spelling of "random"
         args.seed = None
     bad = check_options(args)
     if bad:
         return fail("invalid option", bad, "see dgemma-cli --help")
     if args.model and not os.path.isfile(args.model):
-        return fail("cannot load model", f"{args.model}: no such file", "check the path, or use -hf repo[:quant]")
+        return fail("cannot load model", f"{args.model}: no such file",
+                    "check the path, or use -hf repo[:quant]")
     if args.n_gpu_layers not in (None, 0) and not gpu_backends():
         print(f"warning: -ngl {args.n_gpu_layers}: this build has no GPU backend, running on the CPU "
               "(rebuild with e.g. CMAKE_ARGS=\"-DGGML_CUDA=ON\" pip install ...)", file=sys.stderr)
@@ -393,7 +406,10 @@ def run(argv: list[str] | None) -> int:
         return one_shot(model, args, gen) if args.prompt is not None else chat(model, args, gen)
     except ValueError as e:
         msg = str(e)
-        what, _, detail = msg.partition(": ") if msg.startswith("invalid") else ("invalid generation setting", "", msg)
+        if msg.startswith("invalid"):
+            what, _, detail = msg.partition(": ")
+        else:
+            what, detail = "invalid generation setting", msg
         return fail(what, detail, "see dgemma-cli --help")
     except RuntimeError as e:
         return fail("generation failed", e)

@@ -45,10 +45,14 @@ class GenerationStats:
 
     def line(self) -> str:
         """One short line with every headline figure (defined in the README's stats paragraph)."""
-        return (f"{self.committed_tokens} tokens | prompt {self.prompt_tokens} tok at {self.prompt_tok_s:.1f} tok/s"
-                f" | decode {self.decode_tok_s:.1f} tok/s | end-to-end {self.committed_tok_s:.1f} tok/s"
-                f" | TTFT {self.ttft_ms / 1000:.2f} s | {self.steps_per_canvas_mean:.1f} steps/canvas at "
-                f"{self.ms_per_step:.1f} ms/step | {self.tokens_per_forward:.2f} tok/forward")
+        return " | ".join([
+            f"{self.committed_tokens} tokens",
+            f"prompt {self.prompt_tokens} tok at {self.prompt_tok_s:.1f} tok/s",
+            f"decode {self.decode_tok_s:.1f} tok/s",
+            f"end-to-end {self.committed_tok_s:.1f} tok/s",
+            f"TTFT {self.ttft_ms / 1000:.2f} s",
+            f"{self.steps_per_canvas_mean:.1f} steps/canvas at {self.ms_per_step:.1f} ms/step",
+            f"{self.tokens_per_forward:.2f} tok/forward"])
 
     @classmethod
     def from_dict(cls, d: dict) -> GenerationStats:
