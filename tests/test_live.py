@@ -139,8 +139,8 @@ def test_a_draft_taller_than_the_screen_is_cut_with_an_ellipsis():
 
 def test_pen_wide_character_at_the_last_column_wraps():
     p = Pen(5, col=4)
-    shown, cut = p.write("漢")
-    assert (shown, cut, p.rows, p.col) == ("漢", False, 1, 2)
+    assert (p.write("漢"), p.rows, p.col) == ("漢", 1, 2)
+    assert Pen(4).write("abcdefghij\nk", max_rows=1) == "abcdefg…"  # the last cell of the last row: '…'
 
 
 def test_without_a_terminal_nothing_but_the_text_is_written():

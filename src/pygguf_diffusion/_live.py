@@ -40,14 +40,14 @@ class Pen:
     def copy(self) -> Pen:
         return Pen(self.width, self.col, self.row_text)
 
-    def write(self, text: str, max_rows: int | None = None) -> tuple[str, bool]:
-        """The text to send for `text` (tabs expanded, control characters shown as '·'), and whether it was
-        cut to stay within `max_rows` rows below the starting one (then it ends with '…')."""
+    def write(self, text: str, max_rows: int | None = None) -> str:
+        """The text to send for `text`: tabs expanded, control characters shown as '·', cut and ended with '…'
+        where it would go more than `max_rows` rows below the starting one."""
         out: list[str] = []
         for ch in text:
             if ch == "\n":
                 if max_rows is not None and self.rows + 1 > max_rows:
-                    return self._cut(out), True
+                    return self._cut(out)
                 out.append(ch)
                 self.rows, self.col, self.row_text = self.rows + 1, 0, ""
                 continue
@@ -58,13 +58,13 @@ class Pen:
                 if max_rows is not None and (self.rows + wraps > max_rows or
                                              (self.rows + wraps == max_rows and
                                               (0 if wraps else self.col) + w > self.width - 1)):
-                    return self._cut(out), True
+                    return self._cut(out)
                 if wraps:
                     self.rows, self.col, self.row_text = self.rows + 1, 0, ""
                 out.append(c)
                 self.col += w
                 self.row_text += c
-        return "".join(out), False
+        return "".join(out)
 
     def _cut(self, out: list[str]) -> str:
         if self.col + 1 > self.width:  # no room for the ellipsis on this row: give up its last cell
@@ -117,7 +117,7 @@ class AnswerView:
             return
         erase = self._erase()
         pen = self.pen.copy()
-        shown, _ = pen.write(text, self.max_rows)
+        shown = pen.write(text, self.max_rows)
         self.draft_rows = pen.rows
         self._send(erase + DIM + shown + RESET)
 
@@ -126,7 +126,7 @@ class AnswerView:
             self._send(text)
             return
         erase = self._erase()
-        shown, _ = self.pen.write(text)
+        shown = self.pen.write(text)
         self._send(erase + shown)
 
     def end(self) -> None:
