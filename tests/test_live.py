@@ -105,7 +105,7 @@ def test_drafts_never_touch_committed_text(seed):
     rng = random.Random(seed)
     w, h = rng.choice([(2, 4), (5, 6), (9, 5), (20, 8), (60, 20)])
     term, ref = Terminal(w, h), Terminal(w, h)  # ref: the same committed text, no drafts at all
-    view = AnswerView(Tty(term), drafts=True, size=(w, h))
+    view = AnswerView(Tty(term), drafts=True, size=lambda: (w, h))
     for _ in range(60):
         if rng.random() < 0.6:
             view.draft(text(rng, 4 * w))
@@ -128,13 +128,29 @@ def test_drafts_never_touch_committed_text(seed):
 
 def test_a_draft_taller_than_the_screen_is_cut_with_an_ellipsis():
     term = Terminal(10, 5)
-    view = AnswerView(Tty(term), drafts=True, size=(10, 5))
+    view = AnswerView(Tty(term), drafts=True, size=lambda: (10, 5))
     view.commit("answer")
     view.draft("x" * 200)
     rows, r, c, _, _ = term.state()
     assert rows[0] == "answerxxxx" and len(rows) == 4 and rows[-1].endswith("…")  # 3 rows below, as 5 - 2
     view.end()
     assert term.state()[:3] == (["answer"], 1, 0)
+
+
+def test_a_resize_stops_the_drafts_without_touching_committed_text():
+    term, size = Terminal(20, 6), [20, 6]
+    view = AnswerView(Tty(term), drafts=True, size=lambda: (size[0], size[1]))
+    view.commit("committed")
+    view.draft("draft")
+    size[1] = 4  # shorter: the rows are known, drafts go on with fewer rows
+    view.draft("a much longer draft that wraps over many rows")
+    assert term.state()[0][0].startswith("committeda much") and len(term.state()[0]) == 3
+    size[0] = 10  # narrower: the terminal may reflow; no more erasing, the answer goes on below
+    view.draft("x")
+    view.commit(" more")
+    view.end()
+    rows = term.state()[0]
+    assert rows[0].startswith("committed") and rows[-1] == " more"
 
 
 def test_pen_wide_character_at_the_last_column_wraps():

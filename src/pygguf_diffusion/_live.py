@@ -16,7 +16,7 @@ import shutil
 import signal
 import sys
 import unicodedata
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TextIO
 
 DIM, RESET, CLEAR_ROW, UP = "\x1b[2m", "\x1b[0m", "\x1b[2K", "\x1b[A"
@@ -92,10 +92,11 @@ class AnswerView:
     """Streams committed text to `out`; with drafts (only on a terminal) paints the current canvas draft,
     dimmed, after the committed text and erases it before anything else is written."""
 
-    def __init__(self, out: TextIO, drafts: bool, size: tuple[int, int] | None = None) -> None:
+    def __init__(self, out: TextIO, drafts: bool, size: Callable[[], tuple[int, int]] | None = None) -> None:
         self.out = out
         self.drafts = drafts and out.isatty()
-        columns, lines = size or _terminal_size(out)
+        self.size = size or (lambda: _terminal_size(out))
+        columns, lines = self.size() if self.drafts else (80, 24)
         self.pen = Pen(columns)                    # the committed text; the answer starts on a fresh row
         self.max_rows = max(lines - 2, 0)          # the committed row must stay on screen to come back to it
         self.draft_rows: int | None = None         # rows the painted draft went below the committed row
@@ -115,6 +116,14 @@ class AnswerView:
     def draft(self, text: str) -> None:
         if not self.drafts:
             return
+        columns, lines = self.size()
+        if columns != self.pen.width:
+            # the terminal may have reflowed its rows, so the rows to erase are unknown: leave the draft
+            # (erasing by the old geometry could hit committed text) and go on below it without drafts
+            self.drafts, self.draft_rows = False, None
+            self._send(RESET + "\n")
+            return
+        self.max_rows = max(lines - 2, 0)
         erase = self._erase()
         pen = self.pen.copy()
         shown = pen.write(text, self.max_rows)
