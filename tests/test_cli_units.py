@@ -67,6 +67,22 @@ def test_progress_line_only_where_the_model_reports_it(monkeypatch):
     assert err2.getvalue() == ""
 
 
+def test_progress_line_is_cleared_before_a_log_record(monkeypatch):
+    import logging
+
+    err = TtyErr()
+    handler = logging.StreamHandler(err)
+    monkeypatch.setattr(logging.getLogger(), "handlers", [handler])
+    from pygguf_diffusion._live import LoadProgress
+
+    with LoadProgress(err) as progress:
+        progress(0.3)
+        logging.getLogger("x").warning("something")
+        progress(0.6)
+    assert err.getvalue() == "\rloading model:  30%\r\x1b[2Ksomething\n\rloading model:  60%\r\x1b[2K"
+    assert not handler.filters
+
+
 def test_progress_line_not_on_a_pipe(monkeypatch):
     monkeypatch.setattr("sys.stderr", io.StringIO())
     M, calls = fake_model(None, with_progress=True)
@@ -84,11 +100,12 @@ def test_runtime_line_with_and_without_runtime_info():
     class WithInfo:
         def runtime_info(self):
             return {"device": "CPU", "n_threads": 8, "weight_type": "q8_0", "kv_bytes": 3 * 2**20,
-                    "compute_bytes": 2**19}
+                    "sc_bytes": 2**20, "compute_bytes": 2**19}
 
     assert cli.runtime_line(WithInfo(), STATS) == ("device CPU | 8 threads | weights q8_0 | KV 3.0 MiB | "
-                                                   "compute 0.5 MiB | peak RSS 300 MiB")
-    assert cli.runtime_line(object(), STATS) == "peak RSS 300 MiB"
+                                                   "self-conditioning 1.0 MiB | compute 0.5 MiB | "
+                                                   "peak RSS 300 MiB | steps per canvas 1")
+    assert cli.runtime_line(object(), STATS) == "peak RSS 300 MiB | steps per canvas 1"
 
 
 def test_gpu_backends_detection(monkeypatch):

@@ -183,9 +183,8 @@ def test_without_a_terminal_nothing_but_the_text_is_written():
 
 def test_load_progress_line():
     term = Terminal(40, 3)
-    p = LoadProgress(Tty(term))
-    for f in (0.0, 0.1, 0.1, 0.42, 1.0):
-        p(f)
-    assert term.state()[0] == ["loading model: 100%"]
-    p.close()
+    with LoadProgress(Tty(term)) as p:
+        for f in (0.0, 0.1, 0.1, 0.42, 1.0):
+            p(f)
+        assert term.state()[0] == ["loading model: 100%"]
     assert term.state()[0] == [] and term.state()[2] == 0

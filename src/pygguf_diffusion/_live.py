@@ -11,6 +11,7 @@ wrap included, exactly as if no draft had been painted.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import shutil
 import signal
@@ -156,13 +157,17 @@ def _terminal_size(out: TextIO) -> tuple[int, int]:
     return tuple(shutil.get_terminal_size((80, 24)))  # type: ignore[return-value]
 
 
-class LoadProgress:
-    """`loading model: 42%` on one stderr line while a model loads (terminals only), cleared at the end."""
+class LoadProgress(logging.Filter):
+    """`loading model: 42%` on one stderr line while a model loads (terminals only). Used as a context
+    manager: the line is cleared at the end, and before each log record (which then starts on a clean line;
+    the next report draws the line again)."""
 
     def __init__(self, err: TextIO | None = None) -> None:
+        super().__init__()
         self.err = err if err is not None else sys.stderr
         self.enabled = self.err.isatty()
         self.shown = -1
+        self.handlers: list[logging.Handler] = []
 
     def __call__(self, fraction: float) -> None:
         if not self.enabled:
@@ -173,8 +178,25 @@ class LoadProgress:
             self.err.write(f"\rloading model: {pct:3d}%")
             self.err.flush()
 
-    def close(self) -> None:
+    def clear(self) -> None:
         if self.shown >= 0:
             self.err.write("\r\x1b[2K")
             self.err.flush()
             self.shown = -1
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        self.clear()
+        return True
+
+    def __enter__(self) -> LoadProgress:
+        if self.enabled:
+            self.handlers = list(logging.getLogger().handlers)
+            for h in self.handlers:
+                h.addFilter(self)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for h in self.handlers:
+            h.removeFilter(self)
+        self.handlers = []
+        self.clear()

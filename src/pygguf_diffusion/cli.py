@@ -115,16 +115,13 @@ def load(args: argparse.Namespace):
     ngl = -1 if args.n_gpu_layers is None else args.n_gpu_layers
     kw: dict[str, Any] = dict(n_ctx=n_ctx, n_gpu_layers=ngl, n_threads=args.threads, seed=args.seed,
                               verbose=args.verbose)
-    progress = LoadProgress()
-    if progress.enabled and _accepts(Model.__init__, "progress"):
-        kw["progress"] = progress
-    try:
+    with LoadProgress() as progress:
+        if progress.enabled and _accepts(Model.__init__, "progress"):
+            kw["progress"] = progress
         if args.hf_repo:
             repo, _, quant = args.hf_repo.partition(":")
             return Model.from_pretrained(repo, quant=quant or "Q4_K_M", **kw)
         return Model(args.model, **kw)
-    finally:
-        progress.close()
 
 
 def load_failure(e: BaseException, args: argparse.Namespace) -> int:
@@ -193,9 +190,12 @@ def runtime_line(model, stats) -> str:
         parts.append(f"weights {info['weight_type']}")
     if "kv_bytes" in info:
         parts.append(f"KV {info['kv_bytes'] / 2**20:.1f} MiB")
+    if "sc_bytes" in info:
+        parts.append(f"self-conditioning {info['sc_bytes'] / 2**20:.1f} MiB")
     if "compute_bytes" in info:
         parts.append(f"compute {info['compute_bytes'] / 2**20:.1f} MiB")
     parts.append(f"peak RSS {stats.peak_rss_bytes / 2**20:.0f} MiB")
+    parts.append("steps per canvas " + " ".join(str(n) for n in stats.steps_per_canvas))
     return " | ".join(parts)
 
 
@@ -212,11 +212,10 @@ def answer(model, tokens: list[int], args: argparse.Namespace, gen: dict[str, An
             elif isinstance(ev, CommitEvent):
                 pieces.append(ev.text)
                 view.commit(ev.text)
-                log.info("canvas %d: %d steps", ev.canvas_index, ev.steps)
             elif isinstance(ev, GenerationResult):
                 view.end()
                 print(f"[{ev.finish_reason}] {ev.stats.line()}", file=sys.stderr)
-                if args.verbose:
+                if args.verbose:  # after the answer: a line in the middle would break the live view
                     print(runtime_line(model, ev.stats), file=sys.stderr)
     except KeyboardInterrupt:
         view.end()
