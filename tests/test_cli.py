@@ -52,7 +52,23 @@ def test_interactive_session_commands(gguf):
     ([], "error: no model: pass -m model.gguf or -hf repo[:quant]"),
     (["-m", "/nonexistent.gguf", "-p", "x"], "error: cannot load model: /nonexistent.gguf: no such file"),
     (["-p", "x", "-c", "0"], "error: invalid option: --ctx-size 0: must be >= 1"),
-    (["-p", "x", "--t-min", "0.9", "--t-max", "0.1"], "error: invalid generation setting: need 0 <= t_min < t_max"),
+    (["-p", "x", "--t-min", "0.9", "--t-max", "0.1"],
+     "error: invalid generation setting: need 0 <= t_min < t_max"),
+    # values beyond int32 never reach the engine; absurd ones are refused before loading
+    (["-p", "x", "-c", "3000000000"], "error: invalid option: --ctx-size 3000000000: must be <= 2147483647"),
+    (["-p", "x", "-n", "99999999999"],
+     "error: invalid option: --n-predict 99999999999: must be <= 2147483647"),
+    (["-p", "x", "-n", "0"], "error: invalid option: --n-predict 0: must be >= 1 (or -1: until EOS)"),
+    (["-p", "x", "-t", "100000"], "error: invalid option: --threads 100000: must be <= 512"),
+    (["-p", "x", "--steps", str(10**12)],
+     "error: invalid option: --steps 1000000000000: must be <= 2147483647"),
+    (["-p", "x", "-ngl", "-2"], "error: invalid option: --n-gpu-layers -2: must be >= -1"),
+    (["-p", "x", "--confidence-threshold", "0"],
+     "error: invalid option: --confidence-threshold 0.0: must be a finite number > 0"),
+    (["-p", "x", "--confidence-threshold", "nan"], "error: invalid option: --confidence-threshold nan"),
+    (["-p", "x", "--entropy-bound", "-1"],
+     "error: invalid option: --entropy-bound -1.0: must be a finite number > 0"),
+    (["-p", "x", "--t-max", "inf"], "error: invalid option: --t-max inf: must be a finite number"),
 ])
 def test_errors_have_clear_text_and_nonzero_exit(gguf, args, msg):
     if args and args[0] == "-p":
@@ -71,8 +87,8 @@ def test_not_a_gguf(tmp_path):
 
 @pytest.mark.skipif(os.name != "posix", reason="SIGINT delivery")
 def test_ctrl_c_stops_the_answer_not_the_session(gguf):
-    # slow canvases (2000 steps, ~1 s each) so that the signal lands while one is denoising
-    p = subprocess.Popen([*CLI, "-m", gguf, "-c", "4096", "-t", "2", "-s", "2", "--steps", "2000",
+    # slow canvases (2000 steps, ~2 s each on one thread) so that the signal lands while one is denoising
+    p = subprocess.Popen([*CLI, "-m", gguf, "-c", "4096", "-t", "1", "-s", "2", "--steps", "2000",
                           "--confidence-threshold", "1e-9"], stdin=subprocess.PIPE,
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
@@ -91,3 +107,81 @@ def test_ctrl_c_stops_the_answer_not_the_session(gguf):
             p.kill()
     assert p.returncode == 0, err
     assert "[interrupted]" in err
+
+
+def test_help_states_each_default_once():
+    r = run("--help")
+    assert r.returncode == 0
+    assert "(default: None)" not in r.stdout and "default: False" not in r.stdout
+    assert r.stdout.count("default: 8192") == 1 and r.stdout.count("(default: random)") == 1
+
+
+def test_a_hub_failure_does_not_point_at_dgemma_inspect(tmp_path):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path)}  # no network, an empty cache
+    r = subprocess.run([*CLI, "-hf", "nobody/nothing-GGUF:Q4_K_M", "-p", "x"], capture_output=True, text=True,
+                       timeout=120, env=env)
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert "error: cannot get the model from the Hugging Face Hub: nobody/nothing-GGUF" in r.stderr
+    assert "dgemma-inspect" not in r.stderr and "connection" in r.stderr
+
+
+def test_a_bad_gguf_points_at_dgemma_inspect(tmp_path):
+    bad = tmp_path / "x.gguf"
+    bad.write_bytes(b"GGUF" + bytes(60))
+    r = run("-m", str(bad), "-p", "x")
+    assert r.returncode == 1 and f"dgemma-inspect {bad} checks it" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_gpu_layers_on_a_cpu_only_build_warn_once(gguf):
+    from pygguf_diffusion.cli import gpu_backends
+
+    if gpu_backends():
+        pytest.skip("this build has a GPU backend")
+    r = run("-m", gguf, "-c", "256", "-p", "the hat", "-n", "4", "--steps", "2", "-t", "1", "-ngl", "99")
+    assert r.returncode == 0, r.stderr
+    assert r.stderr.count("warning: -ngl 99: this build has no GPU backend") == 1
+    quiet = run("-m", gguf, "-c", "256", "-p", "the hat", "-n", "4", "--steps", "2", "-t", "1", "-ngl", "0")
+    assert quiet.returncode == 0 and "warning" not in quiet.stderr
+
+
+@pytest.mark.skipif(os.name != "posix", reason="SIGPIPE semantics")
+def test_a_closed_pipe_ends_quietly(gguf):
+    # a long answer (many slow canvases) whose reader goes away after the first byte, as `| head -c 1` does
+    p = subprocess.Popen([*CLI, "-m", gguf, "-c", "1024", "-p", "the hat", "-n", "400", "--steps", "300",
+                          "--confidence-threshold", "1e-9", "-t", "1", "-s", "1"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert p.stdout is not None and p.stderr is not None
+    p.stdout.read(1)
+    p.stdout.close()
+    err = p.stderr.read().decode()
+    p.wait(timeout=120)
+    assert p.returncode == 1, err
+    assert "Traceback" not in err and "Exception ignored" not in err and "BrokenPipe" not in err
+
+
+def test_a_chat_ten_times_longer_than_the_context_runs_to_the_end(gguf):
+    """No -n: answers run until EOS or the context is full ("length"); the conversation, many times n_ctx,
+    keeps going by dropping its oldest turns, and says so once."""
+    from pygguf_diffusion.tokenizer import GemmaTokenizer
+
+    n_ctx = 128
+    messages = [f"the hat {i} on the hat and a hat on the note, the hat {i}" for i in range(40)]
+    r = run("-m", gguf, "-c", str(n_ctx), "--steps", "2", "-t", "1", "-s", "5", "-sys", "the hat",
+            stdin="\n".join(messages) + "\n", timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    results = re.findall(r"^\[(stop|length)\] (\d+) tokens", r.stderr, flags=re.MULTILINE)
+    assert len(results) == len(messages)
+    assert any(reason == "length" for reason, _ in results)  # answers that filled the context
+    assert r.stderr.count("(context full: dropping the oldest turns to stay within n_ctx 128)") == 1
+    assert "error" not in r.stderr and "Traceback" not in r.stderr
+    tok = GemmaTokenizer.from_gguf(gguf)
+    total = sum(len(tok.encode(m, add_bos=False)) for m in messages) + sum(int(n) for _, n in results)
+    assert total > 10 * n_ctx
+
+
+def test_verbose_adds_a_runtime_line(gguf):
+    r = run("-m", gguf, "-c", "256", "-p", "the hat", "-n", "4", "--steps", "2", "-t", "1", "-v")
+    assert r.returncode == 0, r.stderr
+    lines = r.stderr.splitlines()
+    i = next(i for i, line in enumerate(lines) if line.startswith("[length] 4 tokens"))
+    assert "peak RSS" in lines[i + 1] and "peak RSS" not in lines[i]

@@ -1,10 +1,11 @@
-"""Chat templates: the GGUF's `tokenizer.chat_template` rendered with jinja2 the way transformers'
+"""Chats: the GGUF's `tokenizer.chat_template` rendered with jinja2 the way transformers'
 `apply_chat_template` renders it (sandboxed, trim_blocks + lstrip_blocks, loop controls, a `tojson` that
-keeps non-ASCII, `raise_exception`, `strftime_now`)."""
+keeps non-ASCII, `raise_exception`, `strftime_now`), and the policy that keeps a conversation within the
+context (`fit_messages`)."""
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from functools import lru_cache
 from typing import Any
@@ -74,3 +75,43 @@ def render_chat(template: str, messages: Sequence[Mapping[str, Any]], *, add_gen
                                          eos_token=eos_token, **extra)
     except jinja2.exceptions.TemplateError as e:
         raise ChatTemplateError(f"cannot render the chat: {e}") from e
+
+
+def fit_messages(messages: Sequence[Mapping[str, Any]], count_tokens: Callable[[list[dict]], int],
+                 budget: int) -> tuple[list[dict], int]:
+    """Drop the oldest turns until `count_tokens(kept) <= budget`; return (kept, number of messages dropped).
+
+    The leading system (or developer) messages are always kept, and so is everything from the newest user
+    message on. Turns are dropped whole (a user message with the replies that follow it), so the roles
+    still alternate as chat templates require. `count_tokens` gives the prompt length of a message list
+    (the rendered template, tokenized); the budget is usually n_ctx minus room for one canvas. Raises
+    ValueError when even the system messages and the newest user message do not fit.
+    """
+    msgs = [dict(m) for m in messages]
+    head = 0
+    while head < len(msgs) and msgs[head].get("role") in ("system", "developer"):
+        head += 1
+    rest = msgs[head:]
+    users = [i for i, m in enumerate(rest) if m.get("role") == "user"]
+    last = users[-1] if users else max(len(rest) - 1, 0)
+    cuts = [0, *(i for i in users if 0 < i <= last)]  # each is the start of a whole turn
+    if cuts[-1] != last:
+        cuts.append(last)
+
+    def fits(cut: int) -> bool:
+        return count_tokens(msgs[:head] + rest[cut:]) <= budget
+
+    if fits(0):
+        return msgs, 0
+    if not fits(last):
+        need = count_tokens(msgs[:head] + rest[last:])
+        raise ValueError(f"the newest message does not fit in the context: the system prompt and this "
+                         f"message take {need} tokens, {budget} are available")
+    lo, hi = 0, len(cuts) - 1  # cuts[lo] does not fit, cuts[hi] fits; the prompt shrinks as the cut moves on
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if fits(cuts[mid]):
+            hi = mid
+        else:
+            lo = mid
+    return msgs[:head] + rest[cuts[hi]:], cuts[hi]

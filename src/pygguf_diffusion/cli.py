@@ -1,17 +1,21 @@
 """dgemma-cli: chat with a DiffusionGemma GGUF (interactive by default, one-shot with -p).
 
 The answer goes to stdout, everything else (logs, stats, prompts) to stderr, so pipes stay clean.
-Ctrl-C stops the current answer, not the session; /exit or Ctrl-D ends it.
+Ctrl-C stops the current answer, not the session; /exit or Ctrl-D ends it. A conversation longer than the
+context loses its oldest turns (the system prompt stays), never the session.
 """
 from __future__ import annotations
 
 import argparse
+import inspect
 import logging
+import math
 import os
-import shutil
 import sys
-import unicodedata
 from typing import Any
+
+from ._live import AnswerView, LoadProgress
+from ._prompt import LineReader, read_message
 
 HELP = """commands:
   /exit       end the session (or Ctrl-D)
@@ -20,34 +24,44 @@ HELP = """commands:
   /help       this text
   a line ending in \\ continues on the next line; \"\"\" starts and ends a multi-line block"""
 
+DEFAULT_N_CTX = 8192
+INT32_MAX = 2**31 - 1
+MAX_THREADS = 512  # ggml's GGML_MAX_N_THREADS
+log = logging.getLogger("dgemma-cli")
+
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="dgemma-cli", description=__doc__.splitlines()[0],
-                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    ap = argparse.ArgumentParser(prog="dgemma-cli", description=__doc__.splitlines()[0])
     src = ap.add_argument_group("model")
     src.add_argument("-m", "--model", help="path of a .gguf file")
     src.add_argument("-hf", "--hf-repo", metavar="REPO[:QUANT]", help="a Hugging Face repo, e.g. "
-                     "unsloth/diffusiongemma-26B-A4B-it-GGUF:Q4_K_M")
-    src.add_argument("-c", "--ctx-size", type=int, default=8192, help="context size (prompt + every canvas)")
-    src.add_argument("-ngl", "--n-gpu-layers", type=int, default=-1, help="layers on the GPU (-1: all)")
-    src.add_argument("-t", "--threads", type=int, default=None, help="CPU threads (default: all cores)")
+                     "unsloth/diffusiongemma-26B-A4B-it-GGUF:Q4_K_M (QUANT defaults to Q4_K_M)")
+    src.add_argument("-c", "--ctx-size", type=int, metavar="N", help="context size: prompt + every canvas "
+                     f"(default: {DEFAULT_N_CTX}, at most the model's context length)")
+    src.add_argument("-ngl", "--n-gpu-layers", type=int, metavar="N",
+                     help="layers on the GPU (default: -1, all; 0: CPU only)")
+    src.add_argument("-t", "--threads", type=int, metavar="N",
+                     help="CPU threads (default: the physical cores available to the process)")
     gen = ap.add_argument_group("generation")
     gen.add_argument("-p", "--prompt", help="answer this prompt and exit (one-shot)")
-    gen.add_argument("-sys", "--system-prompt", help="system message")
-    gen.add_argument("-n", "--n-predict", type=int, default=-1, help="max new tokens per answer (-1: until EOS)")
-    gen.add_argument("-s", "--seed", type=int, default=None, help="RNG seed (default: random)")
+    gen.add_argument("-sys", "--system-prompt", metavar="TEXT", help="system message")
+    gen.add_argument("-n", "--n-predict", type=int, default=-1, metavar="N",
+                     help="max new tokens per answer (default: -1, until EOS or the context is full)")
+    gen.add_argument("-s", "--seed", type=int, metavar="N", help="RNG seed (default: random)")
     gen.add_argument("--raw", action="store_true", help="no chat template: the prompt is plain text")
-    dif = ap.add_argument_group("diffusion (defaults: the model's generation_config)")
-    dif.add_argument("--steps", type=int, help="max_denoising_steps")
-    dif.add_argument("--entropy-bound", type=float, help="entropy_bound (nats)")
-    dif.add_argument("--t-min", type=float, help="t_min: temperature at the last step")
-    dif.add_argument("--t-max", type=float, help="t_max: temperature at the first step")
-    dif.add_argument("--stability-threshold", type=int, help="stability_threshold")
-    dif.add_argument("--confidence-threshold", type=float, help="confidence_threshold")
+    dif = ap.add_argument_group("diffusion", "Each defaults to the GGUF's value (the checkpoint's "
+                                "generation_config); dgemma-inspect FILE shows them.")
+    dif.add_argument("--steps", type=int, metavar="N", help="max_denoising_steps per canvas")
+    dif.add_argument("--entropy-bound", type=float, metavar="X", help="entropy_bound (nats, > 0)")
+    dif.add_argument("--t-min", type=float, metavar="X", help="t_min: temperature at the last step")
+    dif.add_argument("--t-max", type=float, metavar="X", help="t_max: temperature at the first step")
+    dif.add_argument("--stability-threshold", type=int, metavar="N", help="stability_threshold (steps)")
+    dif.add_argument("--confidence-threshold", type=float, metavar="X", help="confidence_threshold (> 0)")
     out = ap.add_argument_group("output")
-    out.add_argument("--show-drafts", action="store_true", help="repaint the canvas live while it denoises "
-                     "(terminals only)")
-    out.add_argument("-v", "--verbose", action="store_true", help="log loading details and per-canvas stats")
+    out.add_argument("--show-drafts", action="store_true", help="paint the canvas being denoised after the "
+                     "committed text (terminals only)")
+    out.add_argument("-v", "--verbose", action="store_true", help="log loading details; a second stats line "
+                     "(device, threads, weights, buffer sizes)")
     return ap
 
 
@@ -56,15 +70,94 @@ def fail(what: str, detail: Any, hint: str = "") -> int:
     return 1
 
 
+def check_options(args: argparse.Namespace) -> str | None:
+    """The first invalid option as 'flag value: what is allowed', or None. Runs before the model loads."""
+    ints = [("--ctx-size", args.ctx_size, 1, INT32_MAX), ("--threads", args.threads, 1, MAX_THREADS),
+            ("--steps", args.steps, 1, INT32_MAX),
+            ("--stability-threshold", args.stability_threshold, 0, INT32_MAX),
+            ("--n-gpu-layers", args.n_gpu_layers, -1, INT32_MAX), ("--seed", args.seed, 0, 2**64 - 1)]
+    if args.n_predict != -1:
+        ints.append(("--n-predict", args.n_predict, 1, INT32_MAX))
+    for flag, v, lo, hi in ints:
+        if v is not None and not lo <= v <= hi:
+            allowed = f"must be >= {lo}" if v < lo else f"must be <= {hi}"
+            return f"{flag} {v}: {allowed}" + (" (or -1: until EOS)" if flag == "--n-predict" else "")
+    for flag, v, positive in [("--entropy-bound", args.entropy_bound, True), ("--t-min", args.t_min, False),
+                              ("--t-max", args.t_max, False),
+                              ("--confidence-threshold", args.confidence_threshold, True)]:
+        if v is not None and (not math.isfinite(v) or (positive and v <= 0)):
+            return f"{flag} {v}: must be a finite number" + (" > 0" if positive else "")
+    return None
+
+
+def _accepts(fn: Any, name: str) -> bool:
+    try:
+        return name in inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def gpu_backends() -> list[str]:
+    """GPU devices this build can use (empty on a CPU-only build, or an engine that cannot tell)."""
+    from . import _core
+
+    probe = getattr(_core, "gpu_backends", None)
+    return list(probe()) if probe is not None else []
+
+
 def load(args: argparse.Namespace):
+    """The Model for -m / -hf, with a progress line on a terminal when the engine reports progress."""
     from . import Model
 
-    kw = dict(n_ctx=args.ctx_size, n_gpu_layers=args.n_gpu_layers, n_threads=args.threads, seed=args.seed,
-              verbose=args.verbose)
-    if args.hf_repo:
-        repo, _, quant = args.hf_repo.partition(":")
-        return Model.from_pretrained(repo, quant=quant or "Q4_K_M", **kw)
-    return Model(args.model, **kw)
+    n_ctx = args.ctx_size
+    if n_ctx is None and inspect.signature(Model.__init__).parameters["n_ctx"].default is not None:
+        n_ctx = DEFAULT_N_CTX  # an engine whose own default is not "8192 capped at the model's length"
+    ngl = -1 if args.n_gpu_layers is None else args.n_gpu_layers
+    kw: dict[str, Any] = dict(n_ctx=n_ctx, n_gpu_layers=ngl, n_threads=args.threads, seed=args.seed,
+                              verbose=args.verbose)
+    with LoadProgress() as progress:
+        if progress.enabled and _accepts(Model.__init__, "progress"):
+            kw["progress"] = progress
+        if args.hf_repo:
+            repo, _, quant = args.hf_repo.partition(":")
+            return Model.from_pretrained(repo, quant=quant or "Q4_K_M", **kw)
+        return Model(args.model, **kw)
+
+
+def load_failure(e: BaseException, args: argparse.Namespace) -> int:
+    """`error: …` for a failed load, with the hint that fits the failure."""
+    from . import EngineError
+    from .hub import HubError
+
+    if isinstance(e, HubError):
+        return fail("cannot get the model from the Hugging Face Hub", e,
+                    "check the repository name and quant, and your connection (HF_HUB_OFFLINE=1: cache "
+                    "only)")
+    if isinstance(e, FileNotFoundError):
+        return fail("cannot load model", e, "check the path, or use -hf repo[:quant]")
+    if isinstance(e, ImportError):
+        return fail("cannot load model", e)
+    if isinstance(e, MemoryError):
+        return fail("cannot load model", "out of memory", "lower -c, or use a smaller quant")
+    if isinstance(e, EngineError):
+        if args.model and _valid_gguf(args.model):  # then it failed for another reason: memory, -c, -ngl
+            return fail("cannot load model", e, "the file is a valid DiffusionGemma GGUF: lower -c (context "
+                        "size) or -ngl, or free memory")
+        return fail("cannot load model", e,
+                    f"is it a DiffusionGemma GGUF? dgemma-inspect {args.model or 'FILE'} checks it")
+    if isinstance(e, ValueError):
+        return fail("invalid option", e, "see dgemma-cli --help")
+    return fail("cannot load model", e)
+
+
+def _valid_gguf(path: str) -> bool:
+    from . import EngineError, inspect_gguf
+
+    try:
+        inspect_gguf(path)
+    except (OSError, EngineError):
+        return False
+    return True
 
 
 def settings(args: argparse.Namespace) -> dict[str, Any]:
@@ -77,116 +170,104 @@ def settings(args: argparse.Namespace) -> dict[str, Any]:
     return s
 
 
-def _fit(text: str, width: int) -> str:
-    """One terminal line: control characters shown as '·', wide characters counted twice, cut at width."""
-    out, used = [], 0
-    for ch in text:
-        if not ch.isprintable():
-            ch = "·"
-        w = 2 if unicodedata.east_asian_width(ch) in ("W", "F") else 1
-        if used + w > width:
-            break
-        out.append(ch)
-        used += w
-    return "".join(out)
+def prompt_tokens(model, messages: list[dict], raw: bool) -> list[int]:
+    if raw:
+        return model.tokenizer.encode("\n".join(m["content"] for m in messages if m["role"] != "assistant"),
+                                      add_bos=True)
+    # the chat template writes <bos> itself
+    return model.tokenizer.encode(model.apply_chat_template(messages), add_bos=False)
 
 
-class Printer:
-    """Streams committed text to stdout; with drafts on a terminal, repaints the live canvas on one line."""
-
-    def __init__(self, drafts: bool) -> None:
-        self.drafts = drafts and sys.stdout.isatty()
-        self.width = shutil.get_terminal_size((100, 20)).columns
-        self.painted = False
-
-    def draft(self, text: str, step: int) -> None:
-        if not self.drafts:
-            return
-        line = _fit(f"[{step:2d}] " + text.replace("\n", "⏎"), self.width - 1)
-        sys.stdout.write("\r\x1b[2K\x1b[2m" + line + "\x1b[0m")
-        sys.stdout.flush()
-        self.painted = True
-
-    def commit(self, text: str) -> None:
-        if self.painted:
-            sys.stdout.write("\r\x1b[2K")
-            self.painted = False
-        sys.stdout.write(text)
-        sys.stdout.flush()
-
-    def end(self) -> None:
-        self.commit("")
-        sys.stdout.write("\n")
-        sys.stdout.flush()
+def runtime_line(model, stats) -> str:
+    """The -v stats line: where and how it ran (fields the engine does not report are left out)."""
+    info = model.runtime_info() if hasattr(model, "runtime_info") else {}
+    parts = []
+    if "device" in info:
+        parts.append(f"device {info['device']}")
+    if "n_threads" in info:
+        parts.append(f"{info['n_threads']} threads")
+    if "weight_type" in info:
+        parts.append(f"weights {info['weight_type']}")
+    if "kv_bytes" in info:
+        parts.append(f"KV {info['kv_bytes'] / 2**20:.1f} MiB")
+    if "sc_bytes" in info:
+        parts.append(f"self-conditioning {info['sc_bytes'] / 2**20:.1f} MiB")
+    if "compute_bytes" in info:
+        parts.append(f"compute {info['compute_bytes'] / 2**20:.1f} MiB")
+    parts.append(f"peak RSS {stats.peak_rss_bytes / 2**20:.0f} MiB")
+    parts.append("steps per canvas " + " ".join(str(n) for n in stats.steps_per_canvas))
+    return " | ".join(parts)
 
 
-def answer(model, messages: list[dict], args: argparse.Namespace, gen: dict[str, Any]) -> str | None:
+def answer(model, tokens: list[int], args: argparse.Namespace, gen: dict[str, Any]) -> str | None:
     """Stream one answer; returns its text, or None when interrupted."""
     from . import CommitEvent, DraftEvent, GenerationResult
 
-    if args.raw:
-        prompt = "\n".join(m["content"] for m in messages if m["role"] != "assistant")
-    else:
-        prompt = model.apply_chat_template(messages)
-    tokens = model.tokenizer.encode(prompt, add_bos=args.raw)
-    out = Printer(args.show_drafts)
+    view = AnswerView(sys.stdout, args.show_drafts)
     pieces: list[str] = []
     try:
-        for ev in model.stream_generate(tokens, drafts=out.drafts, **gen):
+        for ev in model.stream_generate(tokens, drafts=view.drafts, **gen):
             if isinstance(ev, DraftEvent):
-                out.draft("".join(pieces) + ev.text, ev.step)
+                view.draft(ev.text)
             elif isinstance(ev, CommitEvent):
                 pieces.append(ev.text)
-                out.commit(ev.text)
-                if args.verbose:
-                    logging.getLogger("dgemma-cli").info("canvas %d: %d steps", ev.canvas_index, ev.steps)
+                view.commit(ev.text)
             elif isinstance(ev, GenerationResult):
-                out.end()
+                view.end()
                 print(f"[{ev.finish_reason}] {ev.stats.line()}", file=sys.stderr)
+                if args.verbose:  # after the answer: a line in the middle would break the live view
+                    print(runtime_line(model, ev.stats), file=sys.stderr)
     except KeyboardInterrupt:
-        out.end()
+        view.end()
         print("[interrupted]", file=sys.stderr)
         return None
     return "".join(pieces)
 
 
-def read_message() -> str | None:
-    """One user message from stdin (None at EOF)."""
-    lines: list[str] = []
-    block = False
-    prompt = "> "
-    while True:
-        if sys.stdin.isatty():
-            sys.stderr.write(prompt)
-            sys.stderr.flush()
-        line = sys.stdin.readline()
-        if not line:
-            return None if not lines else "\n".join(lines)
-        line = line.rstrip("\n")
-        if line.strip() == '"""':
-            if block:
-                return "\n".join(lines)
-            block, prompt = True, ". "
-            continue
-        if block:
-            lines.append(line)
-        elif line.endswith("\\"):
-            lines.append(line[:-1])
-            prompt = ". "
-        else:
-            lines.append(line)
-            return "\n".join(lines)
+class Conversation:
+    """The chat history, kept within the context: before each answer the oldest turns are dropped until the
+    prompt leaves room for one canvas (chat.fit_messages); the user is told once per session."""
+
+    def __init__(self, model, args: argparse.Namespace) -> None:
+        self.model, self.raw = model, args.raw
+        self.system = [{"role": "system", "content": args.system_prompt}] if args.system_prompt else []
+        self.messages = list(self.system)
+        self.told = False
+
+    def clear(self) -> None:
+        self.messages = list(self.system)
+
+    def prompt(self) -> list[int]:
+        """Tokens of the prompt for the next answer, after dropping what does not fit. ValueError when the
+        newest message alone does not fit (it is then removed from the history)."""
+        from .chat import fit_messages
+
+        budget = self.model.n_ctx - self.model.canvas_length
+        try:
+            kept, dropped = fit_messages(self.messages, lambda m: len(prompt_tokens(self.model, m, self.raw)),
+                                         budget)
+        except ValueError:
+            if self.messages and self.messages[-1]["role"] == "user":
+                self.messages.pop()
+            raise
+        if dropped and not self.told:
+            print(f"(context full: dropping the oldest turns to stay within n_ctx {self.model.n_ctx})",
+                  file=sys.stderr)
+            self.told = True
+        self.messages = kept
+        return prompt_tokens(self.model, kept, self.raw)
 
 
 def chat(model, args: argparse.Namespace, gen: dict[str, Any]) -> int:
-    system = [{"role": "system", "content": args.system_prompt}] if args.system_prompt else []
-    messages = list(system)
+    conv = Conversation(model, args)
+    read = LineReader()
     print(f"dgemma-cli: {model.name} (canvas {model.canvas_length}, n_ctx {model.n_ctx}); /help for commands",
           file=sys.stderr)
     while True:
         try:
-            text = read_message()
+            text = read_message(read)
         except KeyboardInterrupt:
+            read.pending.clear()
             print("\n(/exit or Ctrl-D ends the session)", file=sys.stderr)
             continue
         if text is None or text.strip() == "/exit":
@@ -196,14 +277,14 @@ def chat(model, args: argparse.Namespace, gen: dict[str, Any]) -> int:
             print(HELP, file=sys.stderr)
             continue
         if cmd == "/clear":
-            messages = list(system)
+            conv.clear()
             model.reset()
             print("(conversation cleared)", file=sys.stderr)
             continue
         if cmd == "/regen":
-            if messages and messages[-1]["role"] == "assistant":
-                messages.pop()
-            if not messages or messages[-1]["role"] != "user":
+            if conv.messages and conv.messages[-1]["role"] == "assistant":
+                conv.messages.pop()
+            if not conv.messages or conv.messages[-1]["role"] != "user":
                 print("(nothing to regenerate)", file=sys.stderr)
                 continue
         elif cmd.startswith("/"):
@@ -212,41 +293,75 @@ def chat(model, args: argparse.Namespace, gen: dict[str, Any]) -> int:
         elif not cmd:
             continue
         else:
-            messages.append({"role": "user", "content": text})
-        reply = answer(model, messages, args, gen)
+            conv.messages.append({"role": "user", "content": text})
+        try:
+            tokens = conv.prompt()
+        except ValueError as e:
+            fail("message too long", e, f"shorten it, or start with a larger -c (now {model.n_ctx})")
+            continue
+        reply = answer(model, tokens, args, gen)
         if reply is not None:
-            messages.append({"role": "assistant", "content": reply})
+            conv.messages.append({"role": "assistant", "content": reply})
 
 
-def main(argv: list[str] | None = None) -> int:
+def one_shot(model, args: argparse.Namespace, gen: dict[str, Any]) -> int:
+    conv = Conversation(model, args)
+    conv.messages.append({"role": "user", "content": args.prompt})
+    try:
+        tokens = conv.prompt()
+    except ValueError as e:
+        return fail("prompt too long", e, f"shorten it, or raise -c (now {model.n_ctx})")
+    return 0 if answer(model, tokens, args, gen) is not None else 130
+
+
+def run(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, stream=sys.stderr,
                         format="%(name)s: %(message)s")
     if not args.model and not args.hf_repo:
-        return fail("no model", "pass -m model.gguf or -hf repo[:quant]", "dgemma-cli --help lists the options")
+        return fail("no model", "pass -m model.gguf or -hf repo[:quant]",
+                    "dgemma-cli --help lists the options")
+    if args.seed == -1:  # llama.cpp's spelling of "random"
+        args.seed = None
+    bad = check_options(args)
+    if bad:
+        return fail("invalid option", bad, "see dgemma-cli --help")
     if args.model and not os.path.isfile(args.model):
-        return fail("cannot load model", f"{args.model}: no such file", "check the path, or use -hf repo[:quant]")
-    for name in ("ctx_size", "n_predict", "threads", "steps"):
-        v = getattr(args, name)
-        if v is not None and v < 1 and not (name == "n_predict" and v == -1):
-            return fail("invalid option", f"--{name.replace('_', '-')} {v}: must be >= 1")
+        return fail("cannot load model", f"{args.model}: no such file",
+                    "check the path, or use -hf repo[:quant]")
+    if args.n_gpu_layers not in (None, 0) and not gpu_backends():
+        print(f"warning: -ngl {args.n_gpu_layers}: this build has no GPU backend, running on the CPU "
+              "(rebuild with e.g. CMAKE_ARGS=\"-DGGML_CUDA=ON\" pip install ...)", file=sys.stderr)
     try:
         model = load(args)
-    except (OSError, ValueError, RuntimeError) as e:
-        return fail("cannot load model", e, "is it a DiffusionGemma GGUF? dgemma-inspect FILE checks it")
+    except (OSError, ValueError, RuntimeError, ImportError, MemoryError) as e:
+        return load_failure(e, args)
     gen = settings(args)
     try:
-        if args.prompt is not None:
-            system = [{"role": "system", "content": args.system_prompt}] if args.system_prompt else []
-            reply = answer(model, [*system, {"role": "user", "content": args.prompt}], args, gen)
-            return 0 if reply is not None else 130
-        return chat(model, args, gen)
+        return one_shot(model, args, gen) if args.prompt is not None else chat(model, args, gen)
     except ValueError as e:
         msg = str(e)
-        what, _, detail = msg.partition(": ") if msg.startswith("invalid") else ("invalid generation setting", "", msg)
+        if msg.startswith("invalid"):
+            what, _, detail = msg.partition(": ")
+        else:
+            what, detail = "invalid generation setting", msg
         return fail(what, detail, "see dgemma-cli --help")
     except RuntimeError as e:
         return fail("generation failed", e)
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        return run(argv)
+    except BrokenPipeError:
+        # the reader went away (| head): stop quietly; stdout goes to devnull so that the interpreter's final
+        # flush does not complain (Python's documented recipe, "Note on SIGPIPE")
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 1
+    except KeyboardInterrupt:  # outside an answer (while loading): no traceback
+        print("\n[interrupted]", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

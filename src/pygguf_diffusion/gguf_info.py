@@ -85,12 +85,17 @@ class GGUFInfo:
 def inspect_gguf(path: str | os.PathLike[str]) -> GGUFInfo:
     """Check a GGUF against the DiffusionGemma schema and describe it.
 
-    Raises FileNotFoundError for a missing path and EngineError (naming the file and the problem) for a
-    file that is not a valid DiffusionGemma GGUF.
+    Raises FileNotFoundError when nothing exists at `path` (as `Model` does), and EngineError, naming the
+    file and the problem, for everything else: a path that cannot be opened (a directory, no permission,
+    a symlink loop), a file that is not a GGUF, is truncated, or does not match the DiffusionGemma schema.
     """
     path = os.fspath(path)
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"{path}: no such file; pass the path of a .gguf file")
+    try:
+        os.stat(path)
+    except (FileNotFoundError, ValueError):  # ValueError: an embedded NUL, which no file name can hold
+        raise FileNotFoundError(f"{os.fsdecode(path)}: no such file; pass the path of a .gguf file") from None
+    except OSError as e:
+        raise _core.EngineError(f"{os.fsdecode(path)}: cannot open: {e.strerror}") from None
     _logging.install()
     d = _core.inspect_gguf(path)
     return GGUFInfo(
@@ -120,14 +125,23 @@ def main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, _core.EngineError) as e:
         print(f"error: cannot load model: {e}", file=sys.stderr)
         return 1
+    try:
+        _print(info, args)
+    except BrokenPipeError:  # | head: stop quietly (Python's documented recipe, "Note on SIGPIPE")
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+    return 0
+
+
+def _print(info: GGUFInfo, args: argparse.Namespace) -> None:
     if args.json:
         print(json.dumps(asdict(info), indent=2))
-        return 0
+        return
     print(info.summary())
     if args.tensors:
         for t in info.tensors:
             print(f"  {t.name:40s} {t.type:6s} {list(t.shape)!s:24s} {t.nbytes}")
-    return 0
+    sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's final flush
 
 
 if __name__ == "__main__":

@@ -21,28 +21,46 @@ class GenerationStats:
 
     @property
     def prompt_tok_s(self) -> float:
-        return self.prompt_tokens / (self.prompt_ms / 1000) if self.prompt_ms > 0 else 0.0
+        """Prompt tokens encoded by this call / prompt encoding time."""
+        return _rate(self.prompt_tokens, self.prompt_ms)
+
+    @property
+    def decode_tok_s(self) -> float:
+        """Committed answer tokens / denoising time (decoder steps and sampling; prompt excluded)."""
+        return _rate(self.committed_tokens, self.decode_ms)
+
+    @property
+    def committed_tok_s(self) -> float:
+        """End to end: committed answer tokens / total wall time of the call (prompt included)."""
+        return _rate(self.committed_tokens, self.total_ms)
+
+    @property
+    def steps_per_canvas_mean(self) -> float:
+        steps = self.steps_per_canvas
+        return sum(steps) / len(steps) if steps else 0.0
 
     @property
     def ms_per_step(self) -> float:
         return self.decode_ms / self.decoder_forwards if self.decoder_forwards else 0.0
 
-    @property
-    def committed_tok_s(self) -> float:
-        return self.committed_tokens / (self.total_ms / 1000) if self.total_ms > 0 else 0.0
-
     def line(self) -> str:
-        steps = self.steps_per_canvas
-        mean_steps = sum(steps) / len(steps) if steps else 0.0
-        return (f"{self.committed_tokens} tokens in {self.total_ms / 1000:.2f} s = {self.committed_tok_s:.2f} tok/s "
-                f"(committed) | prompt {self.prompt_tokens} tok at {self.prompt_tok_s:.1f} tok/s | "
-                f"{len(steps)} canvas(es), {mean_steps:.1f} steps/canvas, {self.ms_per_step:.1f} ms/step | "
-                f"TTFT {self.ttft_ms / 1000:.2f} s | {self.tokens_per_forward:.2f} tok/forward | "
-                f"peak RSS {self.peak_rss_bytes / 2**20:.0f} MiB")
+        """One short line with every headline figure (defined in the README's stats paragraph)."""
+        return " | ".join([
+            f"{self.committed_tokens} tokens",
+            f"prompt {self.prompt_tokens} tok at {self.prompt_tok_s:.1f} tok/s",
+            f"decode {self.decode_tok_s:.1f} tok/s",
+            f"end-to-end {self.committed_tok_s:.1f} tok/s",
+            f"TTFT {self.ttft_ms / 1000:.2f} s",
+            f"{self.steps_per_canvas_mean:.1f} steps/canvas at {self.ms_per_step:.1f} ms/step",
+            f"{self.tokens_per_forward:.2f} tok/forward"])
 
     @classmethod
     def from_dict(cls, d: dict) -> GenerationStats:
         return cls(**{k: d[k] for k in cls.__dataclass_fields__})
+
+
+def _rate(tokens: int, ms: float) -> float:
+    return tokens / (ms / 1000) if ms > 0 else 0.0
 
 
 @dataclass(frozen=True)

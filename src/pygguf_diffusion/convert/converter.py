@@ -181,9 +181,10 @@ def convert(model_dir: str | os.PathLike[str], outfile: str | os.PathLike[str] |
     total = sum(int(np.prod(t.shape)) for t in plan)
 
     fd, tmp_name = tempfile.mkstemp(prefix=f".{outfile.name}.", suffix=".part", dir=outfile.parent)
-    os.close(fd)
     tmp = Path(tmp_name)
+    os.close(fd)
     try:
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; the output is an ordinary new file
         w = GGUFWriter(tmp, ARCH)
         _write_metadata(w, p, out, name or model_dir.name, model_dir)
         for t in plan:
@@ -212,6 +213,19 @@ def convert(model_dir: str | os.PathLike[str], outfile: str | os.PathLike[str] |
         raise
     logger.info("wrote %s (%d tensors, %.1f MiB)", outfile, len(plan), outfile.stat().st_size / 2**20)
     return outfile
+
+
+def _umask() -> int:
+    try:  # Linux >= 4.7 reports it without changing it
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)  # elsewhere the only way to read it is to set it (and put it straight back)
+    os.umask(mask)
+    return mask
 
 
 class _NoBar:
