@@ -179,3 +179,22 @@ def test_cache_listing_reads_a_real_cache_layout(tmp_path):
         (snap / name).symlink_to(repo / "blobs" / blob)
     assert hub_mod._cached_files("org/x", str(tmp_path)) == ["sub/y-Q8_0.gguf", "x-Q4_K_M.gguf"]
     assert hub_mod._cached_files("org/other", str(tmp_path)) == []
+
+
+def test_chat_completion_drops_the_oldest_turns_when_the_context_is_full(converted, caplog):
+    m = Model(converted("spec9", "f32"), n_ctx=64, n_threads=2, seed=2)
+    conv = [{"role": "system", "content": "be brief"}]
+    for i in range(12):
+        conv += [{"role": "user", "content": f"the hat {i}"}, {"role": "assistant", "content": "a hat"}]
+    conv.append({"role": "user", "content": "and the rest"})
+    full = len(m.tokenizer.encode(m.apply_chat_template(conv)))
+    assert full > m.n_ctx  # the whole conversation cannot fit
+    with caplog.at_level("WARNING", logger="pygguf_diffusion"):
+        for _ in range(2):
+            r = m.create_chat_completion(conv, max_tokens=4, **FAST)
+            assert r["usage"]["prompt_tokens"] <= m.n_ctx - m.canvas_length
+    assert sum("outgrew n_ctx 64" in rec.message for rec in caplog.records) == 1  # said once
+    with pytest.raises(ValueError, match="context_overflow='drop_oldest'"):
+        m.create_chat_completion(conv, max_tokens=4, context_overflow="error", **FAST)
+    with pytest.raises(ValueError, match="newest message does not fit"):
+        m.create_chat_completion([{"role": "user", "content": "the hat " * 40}], max_tokens=4)

@@ -15,7 +15,7 @@ import numpy as np
 
 from . import _core, _logging
 from ._stops import StopScanner, check_stops
-from .chat import render_chat
+from .chat import fit_messages, render_chat
 from .tokenizer import GemmaTokenizer
 from .types import CommitEvent, DraftEvent, Event, GenerationResult, GenerationStats
 
@@ -63,6 +63,7 @@ class Model:
         self._seed = seed
         self._stored: list[int] = []  # tokens whose K/V the context holds, in order
         self._busy = False
+        self._warned_overflow = False
 
     # ---- construction from the Hub --------------------------------------------------------------------
     @classmethod
@@ -287,10 +288,14 @@ class Model:
     # ---- chat ----------------------------------------------------------------------------------------
     def create_chat_completion(self, messages: Sequence[Mapping[str, Any]], *, stream: bool = False,
                                max_tokens: int | None = None, n: int = 1, response_format: Any = None,
-                               **kwargs: Any) -> dict | Iterator[dict]:
+                               context_overflow: str = "drop_oldest", **kwargs: Any) -> dict | Iterator[dict]:
         """OpenAI-shaped chat completion (`stream=True`: chat.completion.chunk dicts). Settings as
         stream_generate (`temperature`, `top_p`, `top_k`, `stop`, `seed` included); `max_tokens` is the
-        OpenAI name of max_new_tokens. `n` must be 1; `response_format` is not supported yet."""
+        OpenAI name of max_new_tokens. `n` must be 1; `response_format` is not supported yet.
+
+        A conversation longer than the context (its prompt plus one canvas must fit n_ctx) loses its oldest
+        turns, as dgemma-cli does: the system messages and the newest user message are always kept, turns
+        are dropped whole (logged once per Model). `context_overflow="error"` raises ValueError instead."""
         if isinstance(n, bool) or n != 1:
             raise ValueError(f"n={n!r}: only one choice per request is supported (n=1)")
         if response_format is not None and dict(response_format or {}).get("type", "text") != "text":
@@ -299,8 +304,9 @@ class Model:
             if "max_new_tokens" in kwargs:
                 raise ValueError("pass max_tokens or max_new_tokens, not both")
             kwargs["max_new_tokens"] = max_tokens
-        prompt = self.apply_chat_template(messages, add_generation_prompt=True)
-        tokens = self.tokenizer.encode(prompt)  # the template emits <bos> itself
+        if context_overflow not in ("drop_oldest", "error"):
+            raise ValueError(f"context_overflow must be 'drop_oldest' or 'error', got {context_overflow!r}")
+        tokens = self._chat_tokens(messages, context_overflow)
         cid, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
         if not stream:
             r = self.generate(tokens, **kwargs)
@@ -309,6 +315,28 @@ class Model:
                                  "finish_reason": r.finish_reason}],
                     "usage": _usage(len(tokens), r)}
         return self._chat_chunks(tokens, cid, created, kwargs)
+
+    def _chat_tokens(self, messages: Sequence[Mapping[str, Any]], overflow: str) -> list[int]:
+        """The prompt tokens of a conversation that fits n_ctx with room for one canvas."""
+        def count(msgs: Sequence[Mapping[str, Any]]) -> int:
+            return len(self.tokenizer.encode(self.apply_chat_template(msgs, add_generation_prompt=True)))
+
+        budget = self.n_ctx - self.canvas_length
+        if overflow == "error":
+            need = count(messages)
+            if need > budget:
+                raise ValueError(f"the conversation takes {need} prompt tokens and n_ctx {self.n_ctx} leaves room "
+                                 f"for {budget} (one canvas of {self.canvas_length} must fit too); use a larger "
+                                 "n_ctx or context_overflow='drop_oldest'")
+            kept = list(messages)
+        else:
+            kept, dropped = fit_messages(messages, count, budget)
+            if dropped:
+                log = logger.debug if self._warned_overflow else logger.warning
+                log("the conversation outgrew n_ctx %d: dropped its %d oldest messages", self.n_ctx, dropped)
+                self._warned_overflow = True
+        # the template emits <bos> itself
+        return self.tokenizer.encode(self.apply_chat_template(kept, add_generation_prompt=True))
 
     def _chat_chunks(self, tokens: list[int], cid: str, created: int, kwargs: dict) -> Iterator[dict]:
         def chunk(delta: dict, finish: str | None = None, **extra: Any) -> dict:
