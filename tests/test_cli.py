@@ -180,8 +180,8 @@ def test_a_chat_ten_times_longer_than_the_context_runs_to_the_end(gguf):
 
 
 def test_verbose_adds_a_runtime_line(gguf):
-    r = run("-m", gguf, "-c", "256", "-p", "the hat", "-n", "4", "--steps", "2", "-t", "1", "-v")
+    r = run("-m", gguf, "-c", "256", "-p", "the hat", "-n", "4", "--steps", "2", "-t", "1", "-s", "1", "-v")
     assert r.returncode == 0, r.stderr
     lines = r.stderr.splitlines()
-    i = next(i for i, line in enumerate(lines) if line.startswith("[length] 4 tokens"))
+    i = next(i for i, line in enumerate(lines) if re.match(r"\[(stop|length)\] \d+ tokens", line))
     assert "peak RSS" in lines[i + 1] and "peak RSS" not in lines[i]

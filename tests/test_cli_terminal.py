@@ -140,7 +140,7 @@ def test_ctrl_c_mid_answer_leaves_the_committed_text_and_no_draft(gguf, term):
     t.keys("C-c")
     t.wait(lambda: "EXIT=" in t.screen(), what="the exit")
     lines = t.lines()
-    assert lines[-1] == "EXIT=130" and not dim_on_screen(t)
+    assert lines[-1] == "EXIT=130" and not dim_on_screen(t), repr(t.screen(escapes=True))
     committed = lines[:-1]  # what was committed, once, and nothing of the draft
     assert committed and committed[:-1] == full[:len(committed) - 1] and full[len(committed) - 1].startswith(
         committed[-1])

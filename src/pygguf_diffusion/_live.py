@@ -15,6 +15,7 @@ import logging
 import os
 import shutil
 import signal
+import threading
 import sys
 import unicodedata
 from collections.abc import Callable, Iterator
@@ -77,16 +78,45 @@ class Pen:
 
 @contextlib.contextmanager
 def _no_sigint() -> Iterator[None]:
-    """Ctrl-C waits until an escape sequence and the text after it are written whole."""
-    mask = getattr(signal, "pthread_sigmask", None)
-    if mask is None:
+    """Ctrl-C waits until an escape sequence and the text after it are written whole.
+
+    The Python-level handler is swapped, not the thread's signal mask: the generation's worker threads
+    would take a blocked signal and Python would still raise KeyboardInterrupt in this thread."""
+    if threading.current_thread() is not threading.main_thread():
         yield
         return
-    old = mask(signal.SIG_BLOCK, {signal.SIGINT})
+    pending: list[int] = []
+    old = signal.signal(signal.SIGINT, lambda signum, frame: pending.append(signum))
     try:
         yield
     finally:
-        mask(signal.SIG_SETMASK, old)
+        signal.signal(signal.SIGINT, old)
+        if pending:
+            if callable(old):
+                old(signal.SIGINT, None)
+            else:
+                raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def no_echo(stream: TextIO) -> Iterator[None]:
+    """While an answer is painted: keystrokes (and the '^C' a terminal echoes for Ctrl-C) are not echoed,
+    since an echo moves the cursor, and a wrap it causes would throw the row count of the draft off."""
+    try:
+        import termios
+
+        fd = stream.fileno()
+        old = termios.tcgetattr(fd)
+    except (ImportError, OSError, ValueError, AttributeError):
+        yield
+        return
+    new = list(old)
+    new[3] &= ~(termios.ECHO | getattr(termios, "ECHOCTL", 0))
+    termios.tcsetattr(fd, termios.TCSANOW, new)
+    try:
+        yield
+    finally:
+        termios.tcsetattr(fd, termios.TCSANOW, old)
 
 
 class AnswerView:
@@ -103,16 +133,21 @@ class AnswerView:
         self.draft_rows: int | None = None         # rows the painted draft went below the committed row
 
     def _erase(self) -> str:
+        """The sequence that erases the painted draft (state changes only once it is sent: _send)."""
         if self.draft_rows is None:
             return ""
         # row by row: tmux (scroll-on-clear) copies a screen cleared from its top-left corner into its history
-        rows, self.draft_rows = self.draft_rows, None
-        return "\r" + (CLEAR_ROW + UP) * rows + CLEAR_ROW + self.pen.row_text
+        return "\r" + (CLEAR_ROW + UP) * self.draft_rows + CLEAR_ROW + self.pen.row_text
 
-    def _send(self, s: str) -> None:
+    def _send(self, s: str, draft_rows: int | None = None, pen: Pen | None = None) -> None:
+        """Write s and record what is then on screen, with Ctrl-C held back until both are done (a
+        KeyboardInterrupt between them would leave a draft that end() no longer knows about)."""
         with _no_sigint():
             self.out.write(s)
             self.out.flush()
+            self.draft_rows = draft_rows
+            if pen is not None:
+                self.pen = pen
 
     def draft(self, text: str) -> None:
         if not self.drafts:
@@ -121,28 +156,25 @@ class AnswerView:
         if columns != self.pen.width:
             # the terminal may have reflowed its rows, so the rows to erase are unknown: leave the draft
             # (erasing by the old geometry could hit committed text) and go on below it without drafts
-            self.drafts, self.draft_rows = False, None
+            self.drafts = False
             self._send(RESET + "\n")
             return
         self.max_rows = max(lines - 2, 0)
-        erase = self._erase()
         pen = self.pen.copy()
         shown = pen.write(text, self.max_rows)
-        self.draft_rows = pen.rows
-        self._send(erase + DIM + shown + RESET)
+        self._send(self._erase() + DIM + shown + RESET, draft_rows=pen.rows)
 
     def commit(self, text: str) -> None:
         if not self.drafts:
             self._send(text)
             return
-        erase = self._erase()
-        shown = self.pen.write(text)
-        self._send(erase + shown)
+        pen = self.pen.copy()
+        shown = pen.write(text)
+        self._send(self._erase() + shown, pen=pen)
 
     def end(self) -> None:
         """Erase any draft and end the answer's last line."""
-        self._send(self._erase() + "\n")
-        self.pen = Pen(self.pen.width)
+        self._send(self._erase() + "\n", pen=Pen(self.pen.width))
 
 
 def _terminal_size(out: TextIO) -> tuple[int, int]:

@@ -7,14 +7,16 @@ context loses its oldest turns (the system prompt stays), never the session.
 from __future__ import annotations
 
 import argparse
-import inspect
+import contextlib
 import logging
 import math
 import os
 import sys
 from typing import Any
 
-from ._live import AnswerView, LoadProgress
+from ._defaults import DEFAULT_N_CTX
+
+from ._live import AnswerView, LoadProgress, no_echo
 from ._prompt import LineReader, read_message
 
 HELP = """commands:
@@ -24,7 +26,6 @@ HELP = """commands:
   /help       this text
   a line ending in \\ continues on the next line; \"\"\" starts and ends a multi-line block"""
 
-DEFAULT_N_CTX = 8192
 INT32_MAX = 2**31 - 1
 MAX_THREADS = 512  # ggml's GGML_MAX_N_THREADS
 log = logging.getLogger("dgemma-cli")
@@ -90,33 +91,22 @@ def check_options(args: argparse.Namespace) -> str | None:
     return None
 
 
-def _accepts(fn: Any, name: str) -> bool:
-    try:
-        return name in inspect.signature(fn).parameters
-    except (TypeError, ValueError):
-        return False
-
-
 def gpu_backends() -> list[str]:
-    """GPU devices this build can use (empty on a CPU-only build, or an engine that cannot tell)."""
+    """GPU devices this build can use (empty on a CPU-only build)."""
     from . import _core
 
-    probe = getattr(_core, "gpu_backends", None)
-    return list(probe()) if probe is not None else []
+    return list(_core.gpu_backends())
 
 
 def load(args: argparse.Namespace):
-    """The Model for -m / -hf, with a progress line on a terminal when the engine reports progress."""
+    """The Model for -m / -hf, with a progress line on a terminal. -c unset: the API's default n_ctx."""
     from . import Model
 
-    n_ctx = args.ctx_size
-    if n_ctx is None and inspect.signature(Model.__init__).parameters["n_ctx"].default is not None:
-        n_ctx = DEFAULT_N_CTX  # an engine whose own default is not "8192 capped at the model's length"
     ngl = -1 if args.n_gpu_layers is None else args.n_gpu_layers
-    kw: dict[str, Any] = dict(n_ctx=n_ctx, n_gpu_layers=ngl, n_threads=args.threads, seed=args.seed,
+    kw: dict[str, Any] = dict(n_ctx=args.ctx_size, n_gpu_layers=ngl, n_threads=args.threads, seed=args.seed,
                               verbose=args.verbose)
     with LoadProgress() as progress:
-        if progress.enabled and _accepts(Model.__init__, "progress"):
+        if progress.enabled:
             kw["progress"] = progress
         if args.hf_repo:
             repo, _, quant = args.hf_repo.partition(":")
@@ -179,23 +169,13 @@ def prompt_tokens(model, messages: list[dict], raw: bool) -> list[int]:
 
 
 def runtime_line(model, stats) -> str:
-    """The -v stats line: where and how it ran (fields the engine does not report are left out)."""
-    info = model.runtime_info() if hasattr(model, "runtime_info") else {}
-    parts = []
-    if "device" in info:
-        parts.append(f"device {info['device']}")
-    if "n_threads" in info:
-        parts.append(f"{info['n_threads']} threads")
-    if "weight_type" in info:
-        parts.append(f"weights {info['weight_type']}")
-    if "kv_bytes" in info:
-        parts.append(f"KV {info['kv_bytes'] / 2**20:.1f} MiB")
-    if "sc_bytes" in info:
-        parts.append(f"self-conditioning {info['sc_bytes'] / 2**20:.1f} MiB")
-    if "compute_bytes" in info:
-        parts.append(f"compute {info['compute_bytes'] / 2**20:.1f} MiB")
-    parts.append(f"peak RSS {stats.peak_rss_bytes / 2**20:.0f} MiB")
-    parts.append("steps per canvas " + " ".join(str(n) for n in stats.steps_per_canvas))
+    """The -v stats line: where and how it ran, then memory and per-canvas steps."""
+    info = model.runtime_info()
+    mib = {k: info[k] / 2**20 for k in ("kv_bytes", "sc_bytes", "compute_bytes")}
+    parts = [f"device {info['device']}", f"{info['n_threads']} threads", f"weights {info['weight_type']}",
+             f"KV {mib['kv_bytes']:.1f} MiB", f"self-conditioning {mib['sc_bytes']:.1f} MiB",
+             f"compute {mib['compute_bytes']:.1f} MiB", f"peak RSS {stats.peak_rss_bytes / 2**20:.0f} MiB",
+             "steps per canvas " + " ".join(str(n) for n in stats.steps_per_canvas)]
     return " | ".join(parts)
 
 
@@ -206,17 +186,18 @@ def answer(model, tokens: list[int], args: argparse.Namespace, gen: dict[str, An
     view = AnswerView(sys.stdout, args.show_drafts)
     pieces: list[str] = []
     try:
-        for ev in model.stream_generate(tokens, drafts=view.drafts, **gen):
-            if isinstance(ev, DraftEvent):
-                view.draft(ev.text)
-            elif isinstance(ev, CommitEvent):
-                pieces.append(ev.text)
-                view.commit(ev.text)
-            elif isinstance(ev, GenerationResult):
-                view.end()
-                print(f"[{ev.finish_reason}] {ev.stats.line()}", file=sys.stderr)
-                if args.verbose:  # after the answer: a line in the middle would break the live view
-                    print(runtime_line(model, ev.stats), file=sys.stderr)
+        with no_echo(sys.stdin) if view.drafts and sys.stdin.isatty() else contextlib.nullcontext():
+            for ev in model.stream_generate(tokens, drafts=view.drafts, **gen):
+                if isinstance(ev, DraftEvent):
+                    view.draft(ev.text)
+                elif isinstance(ev, CommitEvent):
+                    pieces.append(ev.text)
+                    view.commit(ev.text)
+                elif isinstance(ev, GenerationResult):
+                    view.end()
+                    print(f"[{ev.finish_reason}] {ev.stats.line()}", file=sys.stderr)
+                    if args.verbose:  # after the answer: a line in the middle would break the live view
+                        print(runtime_line(model, ev.stats), file=sys.stderr)
     except KeyboardInterrupt:
         view.end()
         print("[interrupted]", file=sys.stderr)

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from . import _core, _logging
+from ._defaults import DEFAULT_N_CTX
 from ._stops import StopScanner, check_stops
 from .chat import fit_messages, render_chat
 from .tokenizer import GemmaTokenizer
@@ -22,7 +23,7 @@ from .types import CommitEvent, DraftEvent, Event, GenerationResult, GenerationS
 logger = logging.getLogger(__name__)
 
 _POLL_S = 0.05  # how often a waiting consumer wakes up, so Ctrl-C reaches it promptly
-DEFAULT_N_CTX = 8192  # the default context of Model and dgemma-cli, capped at the model's context_length
+
 _INT32_MAX = 2**31 - 1
 
 
