@@ -60,6 +60,9 @@ def test_interactive_session_commands(gguf):
      "error: invalid option: --n-predict 99999999999: must be <= 2147483647"),
     (["-p", "x", "-n", "0"], "error: invalid option: --n-predict 0: must be >= 1 (or -1: until EOS)"),
     (["-p", "x", "-t", "100000"], "error: invalid option: --threads 100000: must be <= 512"),
+    (["-p", "x", "--temp", "-1"], "error: invalid option: --temp -1.0: must be a finite number >= 0"),
+    (["-p", "x", "--top-p", "0"], "error: invalid option: --top-p 0.0: must be in (0, 1]"),
+    (["-p", "x", "--top-k", "-2"], "error: invalid option: --top-k -2: must be >= 0"),
     (["-p", "x", "--steps", str(10**12)],
      "error: invalid option: --steps 1000000000000: must be <= 2147483647"),
     (["-p", "x", "-ngl", "-2"], "error: invalid option: --n-gpu-layers -2: must be >= -1"),
@@ -177,6 +180,13 @@ def test_a_chat_ten_times_longer_than_the_context_runs_to_the_end(gguf):
     tok = GemmaTokenizer.from_gguf(gguf)
     total = sum(len(tok.encode(m, add_bos=False)) for m in messages) + sum(int(n) for _, n in results)
     assert total > 10 * n_ctx
+
+
+def test_sampling_flags_reach_the_draw(gguf):
+    base = ["-m", gguf, "-c", "256", "-p", "the hat", "-n", "16", "--steps", "3", "-s", "5", "-t", "1"]
+    greedy, top1, default = run(*base, "--temp", "0"), run(*base, "--top-k", "1"), run(*base)
+    assert greedy.returncode == top1.returncode == default.returncode == 0
+    assert greedy.stdout == top1.stdout != default.stdout
 
 
 def test_verbose_adds_a_runtime_line(gguf):

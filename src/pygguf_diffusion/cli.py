@@ -50,6 +50,11 @@ def build_parser() -> argparse.ArgumentParser:
                      help="max new tokens per answer (default: -1, until EOS or the context is full)")
     gen.add_argument("-s", "--seed", type=int, metavar="N", help="RNG seed (default: random)")
     gen.add_argument("--raw", action="store_true", help="no chat template: the prompt is plain text")
+    gen.add_argument("--temp", type=float, metavar="X", help="scales the schedule's temperature for the token "
+                     "drawn at accepted positions (default: 1; 0: greedy)")
+    gen.add_argument("--top-k", type=int, metavar="N", help="draw among the N most likely tokens (default: 0, all)")
+    gen.add_argument("--top-p", type=float, metavar="X", help="draw within the smallest set holding X of the "
+                     "probability (default: 1, all)")
     dif = ap.add_argument_group("diffusion", "Each defaults to the GGUF's value (the checkpoint's "
                                 "generation_config); dgemma-inspect FILE shows them.")
     dif.add_argument("--steps", type=int, metavar="N", help="max_denoising_steps per canvas")
@@ -76,7 +81,8 @@ def check_options(args: argparse.Namespace) -> str | None:
     ints = [("--ctx-size", args.ctx_size, 1, INT32_MAX), ("--threads", args.threads, 1, MAX_THREADS),
             ("--steps", args.steps, 1, INT32_MAX),
             ("--stability-threshold", args.stability_threshold, 0, INT32_MAX),
-            ("--n-gpu-layers", args.n_gpu_layers, -1, INT32_MAX), ("--seed", args.seed, 0, 2**64 - 1)]
+            ("--n-gpu-layers", args.n_gpu_layers, -1, INT32_MAX), ("--seed", args.seed, 0, 2**64 - 1),
+            ("--top-k", args.top_k, 0, INT32_MAX)]
     if args.n_predict != -1:
         ints.append(("--n-predict", args.n_predict, 1, INT32_MAX))
     for flag, v, lo, hi in ints:
@@ -88,6 +94,10 @@ def check_options(args: argparse.Namespace) -> str | None:
                               ("--confidence-threshold", args.confidence_threshold, True)]:
         if v is not None and (not math.isfinite(v) or (positive and v <= 0)):
             return f"{flag} {v}: must be a finite number" + (" > 0" if positive else "")
+    if args.temp is not None and not (math.isfinite(args.temp) and args.temp >= 0):
+        return f"--temp {args.temp}: must be a finite number >= 0"
+    if args.top_p is not None and not 0 < args.top_p <= 1:
+        return f"--top-p {args.top_p}: must be in (0, 1]"
     return None
 
 
@@ -153,7 +163,8 @@ def _valid_gguf(path: str) -> bool:
 def settings(args: argparse.Namespace) -> dict[str, Any]:
     s = {"max_denoising_steps": args.steps, "entropy_bound": args.entropy_bound, "t_min": args.t_min,
          "t_max": args.t_max, "stability_threshold": args.stability_threshold,
-         "confidence_threshold": args.confidence_threshold}
+         "confidence_threshold": args.confidence_threshold, "temperature": args.temp, "top_k": args.top_k,
+         "top_p": args.top_p}
     s = {k: v for k, v in s.items() if v is not None}
     if args.n_predict != -1:
         s["max_new_tokens"] = args.n_predict
