@@ -16,7 +16,9 @@ position_values::position_values(const model & m, int32_t P, int32_t n, int32_t 
         slots_full[i] = P + i;
         slots_swa[i] = swa_base >= 0 ? swa_base + i : (P + i) % ring;
     }
-    for (int kind = 0; kind < 2; kind++) m.rope[kind].tables(P, n, cos[kind], sin[kind]);
+    const hparams & hp = m.info.hp;
+    m.rope[0].tables(P, n, hp.head_dim_swa, cos[0], sin[0]);
+    m.rope[1].tables(P, n, hp.head_dim_full, cos[1], sin[1]);
 }
 
 void set_position_inputs(const position_inputs & pi, const position_values & pv) {
@@ -35,9 +37,9 @@ position_inputs graph_builder::new_position_inputs(int64_t n) const {
     ggml_set_input(pi.slots_full);
     ggml_set_input(pi.slots_swa);
     for (int kind = 0; kind < 2; kind++) {
-        const int64_t half = m.rope[kind].n_dims / 2;
-        pi.cos[kind] = name(ggml_new_tensor_3d(ctx, GGML_TYPE_F32, half, 1, n), kind ? "rope_cos_full" : "rope_cos_swa");
-        pi.sin[kind] = name(ggml_new_tensor_3d(ctx, GGML_TYPE_F32, half, 1, n), kind ? "rope_sin_full" : "rope_sin_swa");
+        const int64_t hd = kind ? hp().head_dim_full : hp().head_dim_swa;
+        pi.cos[kind] = name(ggml_new_tensor_3d(ctx, GGML_TYPE_F32, hd, 1, n), kind ? "rope_cos_full" : "rope_cos_swa");
+        pi.sin[kind] = name(ggml_new_tensor_3d(ctx, GGML_TYPE_F32, hd, 1, n), kind ? "rope_sin_full" : "rope_sin_swa");
         ggml_set_input(pi.cos[kind]);
         ggml_set_input(pi.sin[kind]);
     }
@@ -71,17 +73,16 @@ ggml_tensor * graph_builder::mlp(ggml_tensor * x, ggml_tensor * wg, ggml_tensor 
 }
 
 ggml_tensor * graph_builder::rope(ggml_tensor * x, ggml_tensor * cos, ggml_tensor * sin, int64_t n_dims) const {
+    // x * cos + swap_halves(x) * sin, with the signs and the non-rotating dims in the tables (dgemma-rope.h):
+    // the products and the sum round exactly as the reference's x * cos + rotate_half(x) * sin
     const int64_t hd = x->ne[0], half = n_dims / 2;
     const size_t es = ggml_element_size(x);
     auto part = [&](int64_t off, int64_t len) {
         return ggml_view_3d(ctx, x, len, x->ne[1], x->ne[2], x->nb[1], x->nb[2], (size_t) off * es);
     };
-    ggml_tensor * x1 = part(0, half), * x2 = part(half, half);
-    // reference: x * cos + rotate_half(x) * sin, each product rounded on its own
-    ggml_tensor * y1 = ggml_sub(ctx, ggml_mul(ctx, x1, cos), ggml_mul(ctx, x2, sin));
-    ggml_tensor * y2 = ggml_add(ctx, ggml_mul(ctx, x2, cos), ggml_mul(ctx, x1, sin));
-    ggml_tensor * y = ggml_concat(ctx, y1, y2, 0);
-    return n_dims < hd ? ggml_concat(ctx, y, ggml_cont(ctx, part(n_dims, hd - n_dims)), 0) : y;
+    ggml_tensor * swapped = ggml_concat(ctx, part(half, half), part(0, half), 0);
+    if (n_dims < hd) swapped = ggml_concat(ctx, swapped, part(n_dims, hd - n_dims), 0);   // times sin = 0
+    return ggml_add(ctx, ggml_mul(ctx, x, cos), ggml_mul(ctx, swapped, sin));
 }
 
 graph_builder::qkv graph_builder::attn_qkv(ggml_tensor * h, int il, const position_inputs & pi) const {

@@ -14,7 +14,7 @@ namespace dgemma {
 struct position_inputs {
     ggml_tensor * slots_full = nullptr;        // I64 [n]
     ggml_tensor * slots_swa = nullptr;         // I64 [n]
-    ggml_tensor * cos[2] = {}, * sin[2] = {};  // F32 [n_dims/2, 1, n]
+    ggml_tensor * cos[2] = {}, * sin[2] = {};  // F32 [head_dim, 1, n] (dgemma-rope.h)
 };
 
 // Host values for position_inputs: positions P..P+n-1 written to slot = position on full layers and, on
@@ -43,7 +43,7 @@ struct graph_builder {
     // Inputs for n positions (uploaded with set_position_inputs once allocated).
     position_inputs new_position_inputs(int64_t n) const;
 
-    // NEOX rotation of the first n_dims of each head of x [hd, nH, T] by the tables [n_dims/2, 1, T].
+    // NEOX rotation of the first n_dims of each head of x [hd, nH, T] by the tables [hd, 1, T].
     ggml_tensor * rope(ggml_tensor * x, ggml_tensor * cos, ggml_tensor * sin, int64_t n_dims) const;
 
     struct qkv { ggml_tensor * q, * k, * v; };   // q [hd, nH, T]; k, v [hd, nKV, T]

@@ -15,16 +15,20 @@ rope_table::rope_table(int32_t n, float base, const float * freq_factors) : n_di
     }
 }
 
-void rope_table::tables(int32_t P, int32_t n, std::vector<float> & cos, std::vector<float> & sin) const {
-    const size_t half = inv_freq.size();
-    cos.resize(half * (size_t) n);
-    sin.resize(half * (size_t) n);
+void rope_table::tables(int32_t P, int32_t n, int32_t head_dim, std::vector<float> & cos,
+                        std::vector<float> & sin) const {
+    const size_t half = inv_freq.size(), hd = (size_t) head_dim;
+    cos.assign(hd * (size_t) n, 1.0f);
+    sin.assign(hd * (size_t) n, 0.0f);
     for (int32_t i = 0; i < n; i++) {
         const float p = (float) (P + i);
+        float * c = &cos[(size_t) i * hd];
+        float * s = &sin[(size_t) i * hd];
         for (size_t j = 0; j < half; j++) {
             const float a = p * inv_freq[j];   // one f32 product, as the reference
-            cos[(size_t) i * half + j] = std::cos(a);
-            sin[(size_t) i * half + j] = std::sin(a);
+            c[j] = c[j + half] = std::cos(a);
+            s[j + half] = std::sin(a);
+            s[j] = -s[j + half];
         }
     }
 }

@@ -21,8 +21,11 @@ struct rope_table {
     rope_table() = default;
     rope_table(int32_t n_dims, float base, const float * freq_factors);
 
-    // cos and sin of f32(pos) * inv_freq[j] for positions P .. P+n-1, laid out [n][n_dims/2].
-    void tables(int32_t P, int32_t n, std::vector<float> & cos, std::vector<float> & sin) const;
+    // Whole-head tables for positions P .. P+n-1, laid out [n][head_dim], with a_j = f32(pos) * inv_freq[j]:
+    //   cos: cos a_j on both halves of the rotating dims, 1 beyond n_dims;
+    //   sin: -sin a_j on the first half, +sin a_j on the second, 0 beyond n_dims;
+    // so that rope(x) = x * cos + swap_halves(x) * sin, the reference's x * cos + rotate_half(x) * sin.
+    void tables(int32_t P, int32_t n, int32_t head_dim, std::vector<float> & cos, std::vector<float> & sin) const;
 };
 
 } // namespace dgemma
