@@ -104,6 +104,12 @@ def make_config(a):
                                 eos_token_id=T.EOS_IDS, pad_token_id=T.PAD, bos_token_id=T.BOS)
 
 
+def load_generation_config(d: Path):
+    from transformers.models.diffusion_gemma.generation_diffusion_gemma import DiffusionGemmaGenerationConfig
+
+    return DiffusionGemmaGenerationConfig.from_pretrained(d)
+
+
 def softcap_logits(model, h):
     import torch
 
@@ -320,6 +326,7 @@ def main(argv=None):
     tokdir.mkdir(exist_ok=True)
     T.build_tokenizer_files(tokdir)
     codec = T.Codec(tokdir)
+    model.generation_config = load_generation_config(tokdir)  # eval with the checkpoint's sampler settings
     held = {t: {q for q, _ in T.held_out(t, max(a.eval_n, a.final_eval_n), a.eval_seed)} for t in tasks}
     weights = [float(w) for w in a.task_weights.split(",")] if a.task_weights else [1.0] * len(tasks)
 
