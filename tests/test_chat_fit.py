@@ -95,3 +95,18 @@ def test_a_long_random_conversation_matches_the_reference(seed):
         assert count(kept) <= budget and kept[-1] == history[-1]
         assert calls <= 2 + len(history).bit_length()  # binary search, not one render per turn
         history = kept + [a("r" * rng.randint(0, 40))]
+
+
+def test_fit_prompt_tokenizes_each_candidate_once_and_returns_the_kept_tokens():
+    from pygguf_diffusion.chat import fit_prompt
+
+    calls: list[int] = []
+
+    def tokenize(msgs: list[dict]) -> list[int]:
+        calls.append(len(msgs))
+        return [0] * count(msgs)
+
+    msgs = [SYS] + [m for i in range(30) for m in (u("q" * 20), a("r" * 20))] + [u("last")]
+    tokens, kept, dropped = fit_prompt(msgs, tokenize, 200)
+    assert (kept, dropped) == reference(msgs, 200) and len(tokens) == count(kept)
+    assert len(calls) == len(set(calls))  # no candidate rendered twice, the kept one included

@@ -115,3 +115,22 @@ def fit_messages(messages: Sequence[Mapping[str, Any]], count_tokens: Callable[[
         else:
             lo = mid
     return msgs[:head] + rest[cuts[hi]:], cuts[hi]
+
+
+def fit_prompt(messages: Sequence[Mapping[str, Any]], tokenize: Callable[[list[dict]], list[int]],
+               budget: int) -> tuple[list[int], list[dict], int]:
+    """fit_messages for a real prompt: returns (tokens of the kept messages, kept, messages dropped).
+
+    Each candidate history is rendered and tokenized once; the kept one's tokens are returned instead of
+    being computed again. (Candidates are the system messages plus a suffix of the rest, so their lengths
+    tell them apart.)"""
+    seen: dict[int, list[int]] = {}
+
+    def count(msgs: list[dict]) -> int:
+        if len(msgs) not in seen:
+            seen[len(msgs)] = tokenize(msgs)
+        return len(seen[len(msgs)])
+
+    kept, dropped = fit_messages(messages, count, budget)
+    count(kept)
+    return seen[len(kept)], kept, dropped

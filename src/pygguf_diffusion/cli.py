@@ -232,12 +232,12 @@ class Conversation:
     def prompt(self) -> list[int]:
         """Tokens of the prompt for the next answer, after dropping what does not fit. ValueError when the
         newest message alone does not fit (it is then removed from the history)."""
-        from .chat import fit_messages
+        from .chat import fit_prompt
 
         budget = self.model.n_ctx - self.model.canvas_length
         try:
-            kept, dropped = fit_messages(self.messages, lambda m: len(prompt_tokens(self.model, m, self.raw)),
-                                         budget)
+            tokens, kept, dropped = fit_prompt(self.messages, lambda m: prompt_tokens(self.model, m, self.raw),
+                                               budget)
         except ValueError:
             if self.messages and self.messages[-1]["role"] == "user":
                 self.messages.pop()
@@ -247,7 +247,7 @@ class Conversation:
                   file=sys.stderr)
             self.told = True
         self.messages = kept
-        return prompt_tokens(self.model, kept, self.raw)
+        return tokens
 
 
 def chat(model, args: argparse.Namespace, gen: dict[str, Any]) -> int:

@@ -16,7 +16,7 @@ import numpy as np
 from . import _core, _logging
 from ._defaults import DEFAULT_N_CTX
 from ._stops import StopScanner, check_stops
-from .chat import fit_messages, render_chat
+from .chat import fit_prompt, render_chat
 from .tokenizer import GemmaTokenizer
 from .types import CommitEvent, DraftEvent, Event, GenerationResult, GenerationStats
 
@@ -319,25 +319,24 @@ class Model:
 
     def _chat_tokens(self, messages: Sequence[Mapping[str, Any]], overflow: str) -> list[int]:
         """The prompt tokens of a conversation that fits n_ctx with room for one canvas."""
-        def count(msgs: Sequence[Mapping[str, Any]]) -> int:
-            return len(self.tokenizer.encode(self.apply_chat_template(msgs, add_generation_prompt=True)))
+        def tokenize(msgs: Sequence[Mapping[str, Any]]) -> list[int]:
+            # the template emits <bos> itself
+            return self.tokenizer.encode(self.apply_chat_template(msgs, add_generation_prompt=True))
 
         budget = self.n_ctx - self.canvas_length
         if overflow == "error":
-            need = count(messages)
-            if need > budget:
-                raise ValueError(f"the conversation takes {need} prompt tokens and n_ctx {self.n_ctx} leaves room "
-                                 f"for {budget} (one canvas of {self.canvas_length} must fit too); use a larger "
-                                 "n_ctx or context_overflow='drop_oldest'")
-            kept = list(messages)
-        else:
-            kept, dropped = fit_messages(messages, count, budget)
-            if dropped:
-                log = logger.debug if self._warned_overflow else logger.warning
-                log("the conversation outgrew n_ctx %d: dropped its %d oldest messages", self.n_ctx, dropped)
-                self._warned_overflow = True
-        # the template emits <bos> itself
-        return self.tokenizer.encode(self.apply_chat_template(kept, add_generation_prompt=True))
+            tokens = tokenize(messages)
+            if len(tokens) > budget:
+                raise ValueError(f"the conversation takes {len(tokens)} prompt tokens and n_ctx {self.n_ctx} leaves "
+                                 f"room for {budget} (one canvas of {self.canvas_length} must fit too); use a "
+                                 "larger n_ctx or context_overflow='drop_oldest'")
+            return tokens
+        tokens, _, dropped = fit_prompt(messages, tokenize, budget)
+        if dropped:
+            log = logger.debug if self._warned_overflow else logger.warning
+            log("the conversation outgrew n_ctx %d: dropped its %d oldest messages", self.n_ctx, dropped)
+            self._warned_overflow = True
+        return tokens
 
     def _chat_chunks(self, tokens: list[int], cid: str, created: int, kwargs: dict) -> Iterator[dict]:
         def chunk(delta: dict, finish: str | None = None, **extra: Any) -> dict:
