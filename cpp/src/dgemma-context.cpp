@@ -118,7 +118,7 @@ public:
             ++dec_builds_;
         }
         if (sp.sc == self_cond::given) ggml_backend_tensor_set(sc_state_, sp.sc_logits, 0, sizeof(float) * V * C);
-        fill_decoder_inputs(dec_, kv_, canvas, C, sp.temperature, sp.sc != self_cond::none, uniforms, draw);
+        fill_decoder_inputs(dec_, canvas, C, sp.temperature, sp.sc != self_cond::none, uniforms, draw);
         compute(dec_.gf);
         have_previous_ = true;
         if (logits_out) ggml_backend_tensor_get(dec_.logits, logits_out, 0, sizeof(float) * V * C);

@@ -25,6 +25,19 @@ decoder_graph build_decoder(const graph_builder & g, const kv_store & kv, ggml_t
     dg.tokens = g.name(ggml_new_tensor_1d(ctx, GGML_TYPE_I32, C), "dec_tokens");
     dg.pos = g.new_position_inputs(C);
     dg.pos_values = std::make_shared<position_values>(m, P, C, kv.ring(), kv.canvas_slot0());
+    {
+        // the sliding layers' mask depends only on the stored prefix: built once per canvas
+        const int32_t R = kv.ring(), W = kv.window(), S = kv.capacity_swa();
+        const ggml_fp16_t zero = ggml_fp32_to_fp16(0.0f), ninf = ggml_fp32_to_fp16(-INFINITY);
+        std::vector<ggml_fp16_t> row(S, zero);   // the canvas slots R .. S-1: always visible
+        for (int32_t s = 0; s < R; s++) {
+            const int32_t ps = kv.ring_pos(s);
+            // reference (DynamicCache): the decoder sees the last min(P, sw - 1) stored positions
+            row[s] = (ps >= 0 && ps < P && ps >= P - W) ? zero : ninf;
+        }
+        dg.mask_values = std::make_shared<std::vector<ggml_fp16_t>>((size_t) S * C);
+        for (int32_t i = 0; i < C; i++) std::copy(row.begin(), row.end(), dg.mask_values->begin() + (size_t) i * S);
+    }
     dg.mask_swa = g.name(ggml_new_tensor_2d(ctx, GGML_TYPE_F16, kv.capacity_swa(), C), "dec_mask_swa");
     dg.temperature = g.name(ggml_new_tensor_1d(ctx, GGML_TYPE_F32, 1), "temperature");
     dg.sc_on = g.name(ggml_new_tensor_1d(ctx, GGML_TYPE_F32, 1), "sc_on");
@@ -108,9 +121,8 @@ decoder_graph build_decoder(const graph_builder & g, const kv_store & kv, ggml_t
     return dg;
 }
 
-void fill_decoder_inputs(const decoder_graph & dg, const kv_store & kv, const int32_t * canvas, int32_t C,
+void fill_decoder_inputs(const decoder_graph & dg, const int32_t * canvas, int32_t C,
                          float temperature, bool sc_on, const float * uniforms, const draw_params & draw) {
-    const int32_t P = kv.n_past(), R = kv.ring(), W = kv.window(), S = kv.capacity_swa();
     set_input(dg.tokens, canvas, sizeof(int32_t) * C);
     set_position_inputs(dg.pos, *dg.pos_values);
     set_input(dg.temperature, &temperature, sizeof(float));
@@ -123,18 +135,7 @@ void fill_decoder_inputs(const decoder_graph & dg, const kv_store & kv, const in
     set_input(dg.draw, dv, sizeof(dv));
     const float scale = draw.temperature > 0.0f ? 1.0f / draw.temperature : 1.0f;   // 0: greedy, on the host
     set_input(dg.draw_scale, &scale, sizeof(float));
-    if (dg.mask_swa && dg.mask_swa->buffer) {
-        const ggml_fp16_t zero = ggml_fp32_to_fp16(0.0f), ninf = ggml_fp32_to_fp16(-INFINITY);
-        std::vector<ggml_fp16_t> row(S, zero);   // the canvas slots R .. S-1: always visible
-        for (int32_t s = 0; s < R; s++) {
-            const int32_t ps = kv.ring_pos(s);
-            // reference (DynamicCache): the decoder sees the last min(P, sw - 1) stored positions
-            row[s] = (ps >= 0 && ps < P && ps >= P - W) ? zero : ninf;
-        }
-        std::vector<ggml_fp16_t> m((size_t) S * C);
-        for (int32_t i = 0; i < C; i++) std::copy(row.begin(), row.end(), m.begin() + (size_t) i * S);
-        set_input(dg.mask_swa, m.data(), m.size() * sizeof(ggml_fp16_t));
-    }
+    if (dg.mask_swa) set_input(dg.mask_swa, dg.mask_values->data(), dg.mask_values->size() * sizeof(ggml_fp16_t));
 }
 
 } // namespace dgemma

@@ -6,6 +6,7 @@
 #include "dgemma-kv.h"
 
 #include <memory>
+#include <vector>
 
 namespace dgemma {
 
@@ -15,6 +16,7 @@ struct decoder_graph {
     ggml_tensor * tokens = nullptr;      // I32 [C]
     position_inputs pos;                 // canvas rows: full layers P..P+C-1, the sliding canvas slots
     std::shared_ptr<position_values> pos_values;   // fixed for every step of this canvas
+    std::shared_ptr<std::vector<ggml_fp16_t>> mask_values;   // mask_swa's values, fixed likewise
     ggml_tensor * mask_swa = nullptr;    // F16 [R + C, C]: the visible window + the canvas slots; the rest hidden
     ggml_tensor * temperature = nullptr; // F32 [1]
     ggml_tensor * sc_on = nullptr;       // F32 [1]: 1 = self-conditioning from sc_state, 0 = none
@@ -37,7 +39,7 @@ bool reductions_on_cpu(const model & m);
 // for self-conditioning and overwrites it with this step's logits / temperature.
 decoder_graph build_decoder(const graph_builder & g, const kv_store & kv, ggml_tensor * sc_state, int32_t C,
                             int graph_size);
-void fill_decoder_inputs(const decoder_graph & dg, const kv_store & kv, const int32_t * canvas, int32_t C,
+void fill_decoder_inputs(const decoder_graph & dg, const int32_t * canvas, int32_t C,
                          float temperature, bool sc_on, const float * uniforms, const draw_params & draw);
 
 } // namespace dgemma
