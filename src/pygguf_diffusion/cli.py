@@ -14,7 +14,7 @@ import os
 import sys
 from typing import Any
 
-from ._defaults import DEFAULT_N_CTX
+from ._defaults import DEFAULT_N_CTX, INT32_MAX
 
 from ._live import AnswerView, LoadProgress, no_echo
 from ._prompt import LineReader, read_message
@@ -26,7 +26,6 @@ HELP = """commands:
   /help       this text
   a line ending in \\ continues on the next line; \"\"\" starts and ends a multi-line block"""
 
-INT32_MAX = 2**31 - 1
 MAX_THREADS = 512  # ggml's GGML_MAX_N_THREADS
 log = logging.getLogger("dgemma-cli")
 

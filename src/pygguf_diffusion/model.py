@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from . import _core, _logging
-from ._defaults import DEFAULT_N_CTX
+from ._defaults import DEFAULT_N_CTX, INT32_MAX
 from ._stops import StopScanner, check_stops
 from .chat import fit_prompt, render_chat
 from .tokenizer import GemmaTokenizer
@@ -23,8 +23,6 @@ from .types import CommitEvent, DraftEvent, Event, GenerationResult, GenerationS
 logger = logging.getLogger(__name__)
 
 _POLL_S = 0.05  # how often a waiting consumer wakes up, so Ctrl-C reaches it promptly
-
-_INT32_MAX = 2**31 - 1
 
 
 class Model:
@@ -49,8 +47,8 @@ class Model:
         for name, v in (("n_ctx", n_ctx), ("n_batch", n_batch), ("n_threads", n_threads)):
             if v is None and name != "n_batch":
                 continue
-            if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= _INT32_MAX:
-                raise ValueError(f"{name} must be an integer in [1, {_INT32_MAX}], got {v!r}")
+            if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= INT32_MAX:
+                raise ValueError(f"{name} must be an integer in [1, {INT32_MAX}], got {v!r}")
         _logging.install()
         if verbose:
             logging.getLogger("pygguf_diffusion").setLevel(logging.INFO)
@@ -390,7 +388,7 @@ def _check_settings(**kw: Any) -> dict[str, Any]:
                 raise ValueError(f"{k} must be a finite number, got {v!r}")
             out[k] = float(v)
     for k in ints:
-        if k in out and not -_INT32_MAX <= out[k] <= _INT32_MAX:
+        if k in out and not -INT32_MAX <= out[k] <= INT32_MAX:
             raise ValueError(f"{k} must fit in 32 bits, got {out[k]}")
     if out.get("max_new_tokens", 1) < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {out['max_new_tokens']}")
