@@ -44,7 +44,7 @@ def test_interactive_session_commands(gguf):
     assert len(re.findall(r"^\[(stop|length)\] \d+ tokens", r.stderr, flags=re.MULTILINE)) == 4
     assert "(conversation cleared)" in r.stderr and "unknown command /bogus" in r.stderr
     assert "/regen      answer the last message again" in r.stderr
-    assert "prompt 0 tok" in r.stderr  # /regen: the stored prompt is not encoded again
+    assert "prompt 0 tok (stored)" in r.stderr  # /regen: the stored prompt is not encoded again
     assert r.stdout.strip()
 
 

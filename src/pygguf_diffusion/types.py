@@ -47,7 +47,9 @@ class GenerationStats:
         """One short line with every headline figure (defined in the README's stats paragraph)."""
         return " | ".join([
             f"{self.committed_tokens} tokens",
-            f"prompt {self.prompt_tokens} tok at {self.prompt_tok_s:.1f} tok/s",
+            # a prompt the context already held is not encoded again: no rate to speak of
+            f"prompt {self.prompt_tokens} tok at {self.prompt_tok_s:.1f} tok/s" if self.prompt_tokens
+            else "prompt 0 tok (stored)",
             f"decode {self.decode_tok_s:.1f} tok/s",
             f"end-to-end {self.committed_tok_s:.1f} tok/s",
             f"TTFT {self.ttft_ms / 1000:.2f} s",
