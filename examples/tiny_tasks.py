@@ -14,28 +14,18 @@ from __future__ import annotations
 import itertools
 import json
 import random
+import sys
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import gemma4_tokenizer  # noqa: E402
+from gemma4_tokenizer import CHAT_TEMPLATE  # noqa: E402
 
 VOCAB = 768  # a multiple of 256 (k-quant rows); ids >= the alphabet are <unusedN> fillers
 
-CHAT_TEMPLATE = (
-    "{{ bos_token }}"
-    "{% for m in messages %}"
-    "{% set role = 'model' if m['role'] == 'assistant' else m['role'] %}"
-    "<|turn>{{ role }}\n{{ m['content'] | trim }}<turn|>\n"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}<|turn>model\n{% endif %}"
-)
-
 PAD, EOS, BOS, TURN_OPEN, TURN_CLOSE = 0, 1, 2, 105, 106
 EOS_IDS = [1, 106, 50]
-SPECIALS = {0: "<pad>", 1: "<eos>", 2: "<bos>", 3: "<unk>", 4: "<mask>", 46: "<|tool>", 47: "<tool|>",
-            48: "<|tool_call>", 49: "<tool_call|>", 50: "<|tool_response>", 51: "<tool_response|>", 52: '<|"|>',
-            98: "<|think|>", 100: "<|channel>", 101: "<channel|>", 105: "<|turn>", 106: "<turn|>"}
-NAMED = {"pad_token": "<pad>", "eos_token": "<eos>", "bos_token": "<bos>", "unk_token": "<unk>",
-         "mask_token": "<mask>"}
-EXTRA = ["<|tool>", "<tool|>", "<|think|>", "<|turn>", "<turn|>"]
-BYTE0 = 238
 SINGLE = ["▁", "\n", *"0123456789", *"abcdefghijklmnopqrstuvwxyz", ".", "+", "=", ":"]
 MERGES = [("u", "s"), ("us", "e"), ("use", "r"), ("m", "o"), ("mo", "d"), ("mod", "e"), ("mode", "l")]
 
@@ -50,35 +40,9 @@ VISION = dict(model_type="gemma4_vision", hidden_size=16, intermediate_size=32, 
               num_attention_heads=2, num_key_value_heads=2, head_dim=8, position_embedding_size=64, patch_size=4)
 
 
-def vocab_table() -> dict[str, int]:
-    vocab: dict[str, int] = {}
-    for i in range(BYTE0):
-        vocab[SPECIALS.get(i, f"<unused{i}>")] = i
-    for b in range(256):
-        vocab[f"<0x{b:02X}>"] = BYTE0 + b
-    nxt = BYTE0 + 256
-    for s in SINGLE + ["".join(m) for m in MERGES]:
-        vocab[s] = nxt
-        nxt += 1
-    while nxt < VOCAB:
-        vocab[f"<unused{nxt}>"] = nxt
-        nxt += 1
-    return vocab
-
-
 def build_tokenizer_files(out: Path) -> None:
-    from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers
-
-    vocab = vocab_table()
-    tok = Tokenizer(models.BPE(vocab=vocab, merges=MERGES, byte_fallback=True, fuse_unk=True, unk_token="<unk>"))
-    tok.normalizer = normalizers.Replace(" ", "▁")
-    tok.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse()])
-    tok.add_special_tokens([AddedToken(SPECIALS[i], special=True, normalized=False) for i in sorted(SPECIALS)])
-    tok.save(str(out / "tokenizer.json"))
-    cfg = {"tokenizer_class": "GemmaTokenizer", "add_bos_token": False, "add_eos_token": False,
-           "model_max_length": 1 << 20, "extra_special_tokens": EXTRA, **NAMED}
-    (out / "tokenizer_config.json").write_text(json.dumps(cfg, indent=2))
-    (out / "chat_template.jinja").write_text(CHAT_TEMPLATE)
+    """Tokenizer files plus generation_config.json (the checkpoint's sampler settings)."""
+    gemma4_tokenizer.write(out, SINGLE, MERGES, VOCAB)
     (out / "generation_config.json").write_text(json.dumps(GENERATION, indent=2))
 
 
@@ -170,3 +134,24 @@ def held_out(task: str, n: int, seed: int) -> list[tuple[str, str]]:
 
 def score(answer: str, expected: str) -> bool:
     return answer.strip() == expected.strip()
+
+
+# ------------------------------------------------------------------------------------ runtime evaluation
+
+def runtime_eval(model, problems: list[tuple[str, str]], **settings) -> dict:
+    """Ask a pygguf_diffusion Model each question through its chat template (as dgemma-cli does) with the
+    GGUF's default settings unless `settings` overrides them. Returns accuracy, pooled tokens per forward
+    (returned tokens, EOS included, / decoder forwards), mean steps per canvas and the answers."""
+    outs, ok, toks, fwd, steps, canvases = [], 0, 0, 0, 0, 0
+    for q, expected in problems:
+        text = model.apply_chat_template([{"role": "user", "content": q}])
+        r = model.generate(model.tokenize(text, add_bos=False), **settings)
+        outs.append(r.text)
+        ok += score(r.text, expected)
+        toks += round(r.stats.tokens_per_forward * r.stats.decoder_forwards)
+        fwd += r.stats.decoder_forwards
+        steps += sum(r.stats.steps_per_canvas)
+        canvases += len(r.stats.steps_per_canvas)
+    n = len(problems)
+    return {"n": n, "acc": ok / n, "tokens_per_forward": toks / max(fwd, 1),
+            "steps_per_canvas": steps / max(canvases, 1), "outputs": outs}

@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import random
 import sys
 import time
@@ -59,7 +58,8 @@ def parse_args(argv=None):
     p.add_argument("--canvas", type=int, default=24)
     # optimisation
     p.add_argument("--steps", type=int, default=2000)
-    p.add_argument("--minutes", type=float, default=None, help="stop early after this wall time")
+    p.add_argument("--minutes", type=float, default=None,
+                   help="safety stop: end training after this wall time (evaluations included)")
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--min-lr-frac", type=float, default=0.1)
@@ -118,23 +118,26 @@ def softcap_logits(model, h):
 
 
 def collate(codec, batch, C):
-    """batch: list of (question, answer) -> padded prompt ids, mask, lengths, clean canvas."""
+    """batch: list of (question, answer) -> the clean sequences (prompt + answer + <turn|>, right-padded),
+    their mask, the prompt-only mask (the decoder's view of the cache), prompt lengths, the clean canvas."""
     import torch
 
     prompts = [codec.prompt_ids(q) for q, _ in batch]
     answers = [codec.answer_ids(ans) for _, ans in batch]
-    P = max(map(len, prompts))
-    ids = torch.zeros(len(batch), P, dtype=torch.long)
-    am = torch.zeros(len(batch), P, dtype=torch.bool)
+    S = max(len(p) + len(a) for p, a in zip(prompts, answers))
+    ids = torch.zeros(len(batch), S, dtype=torch.long)
+    seq_am = torch.zeros(len(batch), S, dtype=torch.bool)
+    prompt_am = torch.zeros(len(batch), S, dtype=torch.bool)
     x0 = torch.full((len(batch), C), T.PAD, dtype=torch.long)
     for i, (p, ans) in enumerate(zip(prompts, answers)):
         if len(ans) > C:
             raise ValueError(f"answer of {len(ans)} tokens does not fit the canvas ({C})")
-        ids[i, :len(p)] = torch.tensor(p)
-        am[i, :len(p)] = True
+        ids[i, :len(p) + len(ans)] = torch.tensor(p + ans)
+        seq_am[i, :len(p) + len(ans)] = True
+        prompt_am[i, :len(p)] = True
         x0[i, :len(ans)] = torch.tensor(ans)
-    lens = am.sum(1)
-    return ids, am, lens, x0
+    lens = prompt_am.sum(1)
+    return ids, seq_am, prompt_am, lens, x0
 
 
 def encode(model, ids, am):
@@ -160,12 +163,14 @@ def train_step(model, codec, batch, a, gen):
     import torch.nn.functional as F
 
     C, V = a.canvas, T.VOCAB
-    ids, am, lens, x0 = collate(codec, batch, C)
+    ids, seq_am, am, lens, x0 = collate(codec, batch, C)
     B = len(batch)
-    h, cache = encode(model, ids, am)
-    # encoder AR loss on the clean prompt (tied lm_head on the final-normed hidden state)
+    # The encoder reads the clean sequence (prompt + answer) causally, as for a multi-canvas answer; its AR
+    # loss covers every next token (tied lm_head on the final-normed hidden state). The decoder sees only
+    # the prompt part of the cache (`am`), the context inference gives it.
+    h, cache = encode(model, ids, seq_am)
     ar_logits = softcap_logits(model, h[:, :-1])
-    tgt = ids[:, 1:].masked_fill(~am[:, 1:], -100)
+    tgt = ids[:, 1:].masked_fill(~seq_am[:, 1:], -100)
     ar_loss = F.cross_entropy(ar_logits.reshape(-1, V), tgt.reshape(-1), ignore_index=-100)
     # corruption: uniform random tokens at level t ~ U(eps, 1)
     t = a.eps + (1 - a.eps) * torch.rand(B, generator=gen)
@@ -280,9 +285,9 @@ def selftest(a):
     batch = [T.TASKS[t](rng) for t in ("add", "sort", "sudoku", "add")]
     g = torch.Generator().manual_seed(0)
     with torch.no_grad():
-        ids, am, lens, x0 = collate(codec, batch, a.canvas)
+        ids, seq_am, am, lens, x0 = collate(codec, batch, a.canvas)
         xt = torch.randint(0, T.VOCAB, x0.shape, generator=g)
-        h, cache = encode(model, ids, am)
+        h, cache = encode(model, ids, seq_am)
         l0 = decode(model, cache, am, lens, xt)
         l1 = decode(model, cache, am, lens, xt, l0, torch.tensor([True, False, True, True]))
         worst = 0.0
@@ -331,11 +336,11 @@ def main(argv=None):
     weights = [float(w) for w in a.task_weights.split(",")] if a.task_weights else [1.0] * len(tasks)
 
     def sample():
+        t = rng.choices(tasks, weights)[0]
         while True:
-            t = rng.choices(tasks, weights)[0]
             q, ans = (T.addition(rng, a.max_add_digits) if t == "add" else T.TASKS[t](rng))
             if q not in held[t]:
-                return q, ans
+                return t, q, ans
 
     decay, no_decay = [], []
     for n, p in model.named_parameters():
@@ -363,10 +368,19 @@ def main(argv=None):
     for step in range(1, a.steps + 1):
         for g_ in opt.param_groups:
             g_["lr"] = lr_at(step - 1)
-        batch = [sample() for _ in range(a.batch)]
-        loss, dl, al = train_step(model, codec, batch, a, gen)
+        # One optimizer step over a mixed batch, run as one micro-batch per task: sequences of one task have
+        # similar lengths, so padding (wasted compute) stays small. Losses are weighted by micro-batch size.
+        groups: dict[str, list] = {}
+        for t, q, ans in (sample() for _ in range(a.batch)):
+            groups.setdefault(t, []).append((q, ans))
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        loss = dl = al = 0.0
+        for t in tasks:
+            if t in groups:
+                w = len(groups[t]) / a.batch
+                l_, d_, a_ = train_step(model, codec, groups[t], a, gen)
+                (w * l_).backward()
+                loss, dl, al = loss + w * l_.detach(), dl + w * d_, al + w * a_
         gn = torch.nn.utils.clip_grad_norm_(model.parameters(), a.clip)
         opt.step()
         ema = loss.item() if ema is None else 0.95 * ema + 0.05 * loss.item()
@@ -386,7 +400,6 @@ def main(argv=None):
             res = eval_all(model, codec, tasks, a.eval_n, a.eval_seed, a.canvas, a.eval_steps)
             rec["eval"] = {t: {"acc": r["acc"], "tpf": r["tokens_per_forward"]} for t, r in res.items()}
             rec["eval_s"] = round(time.time() - te, 1)
-            t0 += time.time() - te  # training time excludes evaluation
             msg = f"eval @ step {step}: " + ", ".join(
                 f"{t} {r['acc']:.1%} (tpf {r['tokens_per_forward']:.2f})" for t, r in res.items()) + \
                 f" [{rec['eval_s']}s]; e.g. {res[tasks[0]]['examples'][0]}"

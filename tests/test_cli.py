@@ -49,7 +49,8 @@ def test_interactive_session_commands(gguf):
 
 
 @pytest.mark.parametrize(("args", "msg"), [
-    ([], "error: no model: pass -m model.gguf or -hf repo[:quant]"),
+    (["-m", "a.gguf", "-hf", "org/repo", "-p", "x"],
+     "error: invalid option: -m and -hf both given: pick one model"),
     (["-m", "/nonexistent.gguf", "-p", "x"], "error: cannot load model: /nonexistent.gguf: no such file"),
     (["-p", "x", "-c", "0"], "error: invalid option: --ctx-size 0: must be >= 1"),
     (["-p", "x", "--t-min", "0.9", "--t-max", "0.1"],

@@ -8,29 +8,17 @@ from __future__ import annotations
 
 import copy
 import json
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
+
+import gemma4_tokenizer  # noqa: E402
+
 VOCAB = 512
 
-CHAT_TEMPLATE = (
-    "{{ bos_token }}"
-    "{% for m in messages %}"
-    "{% set role = 'model' if m['role'] == 'assistant' else m['role'] %}"
-    "<|turn>{{ role }}\n{{ m['content'] | trim }}<turn|>\n"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}<|turn>model\n{% endif %}"
-)
-
-# id -> token text for the Gemma-4 control tokens (SPEC §8)
-SPECIALS = {0: "<pad>", 1: "<eos>", 2: "<bos>", 3: "<unk>", 4: "<mask>", 46: "<|tool>", 47: "<tool|>",
-            48: "<|tool_call>", 49: "<tool_call|>", 50: "<|tool_response>", 51: "<tool_response|>", 52: '<|"|>',
-            98: "<|think|>", 100: "<|channel>", 101: "<channel|>", 105: "<|turn>", 106: "<turn|>"}
-NAMED = {"pad_token": "<pad>", "eos_token": "<eos>", "bos_token": "<bos>", "unk_token": "<unk>",
-         "mask_token": "<mask>"}
-EXTRA = ["<|tool>", "<tool|>", "<|think|>", "<|turn>", "<turn|>"]
-BYTE0 = 238
 SINGLE = ["▁", "t", "h", "e", "a", "o", "n", "s", "\n"]
 MERGES = [("t", "h"), ("th", "e"), ("▁", "the"), ("o", "n"), ("a", "n"), ("e", "s"), ("▁", "a"), ("\n", "\n"),
           ("▁", "t")]
@@ -102,30 +90,7 @@ VISION = dict(model_type="gemma4_vision", hidden_size=16, intermediate_size=32, 
 
 
 def build_tokenizer_files(out: Path) -> None:
-    from tokenizers import Tokenizer, decoders, models, normalizers
-
-    vocab: dict[str, int] = {}
-    for i in range(BYTE0):
-        vocab[SPECIALS.get(i, f"<unused{i}>")] = i
-    for b in range(256):
-        vocab[f"<0x{b:02X}>"] = BYTE0 + b
-    nxt = BYTE0 + 256
-    for s in SINGLE + ["".join(m) for m in MERGES]:
-        vocab[s] = nxt
-        nxt += 1
-    assert nxt == VOCAB, nxt
-    tok = Tokenizer(models.BPE(vocab=vocab, merges=MERGES, byte_fallback=True, fuse_unk=True, unk_token="<unk>"))
-    tok.normalizer = normalizers.Replace(" ", "▁")
-    tok.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse()])
-    from tokenizers import AddedToken
-
-    tok.add_special_tokens([AddedToken(SPECIALS.get(i, f"<unused{i}>"), special=True, normalized=False)
-                            for i in range(BYTE0) if i in SPECIALS or i < 60])
-    tok.save(str(out / "tokenizer.json"))
-    cfg = {"tokenizer_class": "GemmaTokenizer", "add_bos_token": False, "add_eos_token": False,
-           "model_max_length": 1 << 20, "extra_special_tokens": EXTRA, **NAMED}
-    (out / "tokenizer_config.json").write_text(json.dumps(cfg, indent=2))
-    (out / "chat_template.jinja").write_text(CHAT_TEMPLATE)
+    gemma4_tokenizer.write(out, SINGLE, MERGES, VOCAB, special_unused_below=60)
 
 
 def build(spec: TinySpec, out: Path) -> Path:

@@ -33,7 +33,8 @@ log = logging.getLogger("dgemma-cli")
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="dgemma-cli", description=__doc__.splitlines()[0])
     src = ap.add_argument_group("model")
-    src.add_argument("-m", "--model", help="path of a .gguf file")
+    src.add_argument("-m", "--model", help="path of a .gguf file (default: the bundled tiny model, which "
+                     "answers only 'a+b=', 'sort: 42 7 19' and 'sudoku: 1.3. .4.. ..1. 3.4.')")
     src.add_argument("-hf", "--hf-repo", metavar="REPO[:QUANT]", help="a Hugging Face repo, e.g. "
                      "unsloth/diffusiongemma-26B-A4B-it-GGUF:Q4_K_M (QUANT defaults to Q4_K_M)")
     src.add_argument("-c", "--ctx-size", type=int, metavar="N", help="context size: prompt + every canvas "
@@ -120,6 +121,11 @@ def load(args: argparse.Namespace):
         if args.hf_repo:
             repo, _, quant = args.hf_repo.partition(":")
             return Model.from_pretrained(repo, quant=quant or "Q4_K_M", **kw)
+        if not args.model:
+            from . import bundled
+
+            args.model = bundled.bundled_model_path()
+            print(f"no model given: using {bundled.DESCRIPTION}\n  {bundled.HINT}", file=sys.stderr)
         return Model(args.model, **kw)
 
 
@@ -309,9 +315,8 @@ def run(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, stream=sys.stderr,
                         format="%(name)s: %(message)s")
-    if not args.model and not args.hf_repo:
-        return fail("no model", "pass -m model.gguf or -hf repo[:quant]",
-                    "dgemma-cli --help lists the options")
+    if args.model and args.hf_repo:
+        return fail("invalid option", "-m and -hf both given: pick one model", "see dgemma-cli --help")
     if args.seed == -1:  # llama.cpp's spelling of "random"
         args.seed = None
     bad = check_options(args)

@@ -29,18 +29,25 @@ class Model:
     """A DiffusionGemma model with one sequence context (its prompt KV store).
 
     >>> m = Model("model.gguf", n_ctx=8192, seed=0)
+    >>> Model().create_chat_completion([{"role": "user", "content": "4821+377="}])  # the bundled tiny model
     >>> m.generate("Why is the sky blue?", max_new_tokens=256).text
     >>> for ev in m.stream_generate("Hi", drafts=True): ...
 
     Not thread-safe: one generation at a time per Model.
     """
 
-    def __init__(self, path: str | os.PathLike[str], *, n_gpu_layers: int = -1, n_ctx: int | None = None,
+    def __init__(self, path: str | os.PathLike[str] | None = None, *, n_gpu_layers: int = -1, n_ctx: int | None = None,
                  n_threads: int | None = None, n_batch: int = 512, seed: int | None = None, verbose: bool = False,
                  cpu_moe: bool = False, progress: Callable[[float], None] | None = None) -> None:
         """n_ctx: positions the context holds (prompt + every canvas); None = min(8192, the model's
         context_length). n_threads: None = the physical cores this process may use. progress: called
-        with the fraction loaded in [0, 1] while the weights are placed."""
+        with the fraction loaded in [0, 1] while the weights are placed. path None: the bundled tiny model,
+        announced on the `pygguf_diffusion` logger (stderr by default)."""
+        if path is None:
+            from . import bundled
+
+            path = bundled.bundled_model_path()
+            logger.warning("no model path given: using %s; %s", bundled.DESCRIPTION, bundled.HINT)
         path = os.fspath(path)
         if not os.path.isfile(path):
             raise FileNotFoundError(f"{path}: no such model file; pass a .gguf path or use Model.from_pretrained")

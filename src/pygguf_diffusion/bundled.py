@@ -1,0 +1,31 @@
+"""The tiny DiffusionGemma shipped inside the package: the default model of `Model()` and `dgemma-cli`.
+
+A 4.6M-parameter DiffusionGemma (real structure: sliding and full attention layers, MoE beside a dense MLP,
+the self-conditioning block, tied embeddings) trained by `examples/train_tiny.py` on three tasks whose later
+answer tokens constrain earlier ones. Ask it exactly in these forms (the chat template is applied):
+
+    4821+377=                    -> 5198
+    sort: 42 7 19                -> 7 19 42
+    sudoku: 1.3. .4.. ..1. 3.4.  -> the completed grid, same layout
+
+Anything else gets nonsense: it knows nothing but these tasks.
+"""
+from __future__ import annotations
+
+import os
+from importlib import resources
+
+FILENAME = "tiny-diffusiongemma-F16.gguf"
+DESCRIPTION = ("the bundled tiny DiffusionGemma (4.6M parameters; it answers only `a+b=`, `sort: 42 7 19` and "
+               "`sudoku: 1.3. .4.. ..1. 3.4.`)")
+HINT = "pass a .gguf path (-m) or a Hub repo (-hf / Model.from_pretrained) for the real model"
+EXAMPLES = ("4821+377=", "sort: 42 7 19", "sudoku: 1.3. .4.. ..1. 3.4.")
+
+
+def bundled_model_path() -> str:
+    """Path of the bundled GGUF. Raises FileNotFoundError (with what to do) if the install lacks it."""
+    path = os.fspath(resources.files("pygguf_diffusion") / "models" / FILENAME)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path}: the bundled model is missing from this install; reinstall "
+                                "pygguf_diffusion, or pass a .gguf path")
+    return path
