@@ -53,7 +53,7 @@ def parse_args(argv=None):
     p.add_argument("--intermediate", type=int, default=512)
     p.add_argument("--experts", type=int, default=4)
     p.add_argument("--top-k", type=int, default=2)
-    p.add_argument("--moe-intermediate", type=int, default=256)
+    p.add_argument("--moe-intermediate", type=int, default=128)
     p.add_argument("--sliding-window", type=int, default=64)
     p.add_argument("--canvas", type=int, default=24)
     # optimisation
@@ -78,7 +78,7 @@ def parse_args(argv=None):
     p.add_argument("--eval-steps", type=int, default=None, help="max_denoising_steps for eval (default: config)")
     p.add_argument("--log-every", type=int, default=25)
     p.add_argument("--no-export", action="store_true")
-    p.add_argument("--outtype", default="f32")
+    p.add_argument("--outtype", default="f16", help="f16: the bundled file (<= 10 MB)")
     p.add_argument("--eval-only", type=Path, default=None, help="evaluate a saved checkpoint dir")
     p.add_argument("--runtime", action="store_true", help="also evaluate the GGUF through pygguf_diffusion")
     p.add_argument("--runtime-n", type=int, default=50)
@@ -158,6 +158,25 @@ def decode(model, cache, am, lens, canvas, sc_logits=None, sc_mask=None):
                  self_conditioning_logits=sc_logits, self_conditioning_mask=sc_mask).logits
 
 
+def first_pass_logits(model, cache, am, lens, xt, sc_mask):
+    """The self-conditioning first pass (no grad), computed only for the rows that use it: the model
+    multiplies the soft embedding of the other rows by 0, so their logits are left at 0. The cache is cut to
+    those rows for the pass and restored after (the decoder reads the cache, never writes it)."""
+    import torch
+
+    idx = sc_mask.nonzero().squeeze(1)
+    out = torch.zeros(*xt.shape, T.VOCAB)
+    saved = [(layer.keys, layer.values) for layer in cache.layers]
+    try:
+        cache.batch_select_indices(idx)
+        with torch.no_grad():
+            out[idx] = decode(model, cache, am[idx], lens[idx], xt[idx])
+    finally:
+        for layer, (k, v) in zip(cache.layers, saved):
+            layer.keys, layer.values = k, v
+    return out
+
+
 def train_step(model, codec, batch, a, gen):
     import torch
     import torch.nn.functional as F
@@ -179,8 +198,7 @@ def train_step(model, codec, batch, a, gen):
     sc_mask = torch.rand(B, generator=gen) < a.sc_prob
     sc_logits = None
     if sc_mask.any():
-        with torch.no_grad():
-            sc_logits = decode(model, cache, am, lens, xt)
+        sc_logits = first_pass_logits(model, cache, am, lens, xt, sc_mask)
     else:
         sc_mask = None
     logits = decode(model, cache, am, lens, xt, sc_logits, sc_mask)
@@ -220,12 +238,38 @@ def hf_eval(model, codec, problems, C, steps=None, bs=64):
     return sum(ok) / len(ok), sum(tpf) / len(tpf), outs
 
 
+def probe_eval(model, codec, problems, C):
+    """Two diagnostics beside the sampler's accuracy, on one padded batch (no sampling loop):
+    `one_shot`: the decoder's argmax from a canvas of pure noise (no self-conditioning) is the whole answer;
+    `ar`: the encoder, teacher-forced on the clean sequence, predicts every answer token. The first says
+    whether the decoder learned the task, the second whether the shared trunk did."""
+    import torch
+
+    model.eval()
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        ids, seq_am, am, lens, x0 = collate(codec, problems, C)
+        h, cache = encode(model, ids, seq_am)
+        ar_pred = softcap_logits(model, h[:, :-1]).argmax(-1)
+        xt = torch.randint(0, T.VOCAB, x0.shape, generator=g)
+        pred = decode(model, cache, am, lens, xt).argmax(-1)
+    one_shot = ar = 0
+    for i in range(len(problems)):
+        n_ans = int((seq_am[i].sum() - lens[i]).item())  # answer tokens incl. <turn|>
+        one_shot += bool((pred[i, :n_ans] == x0[i, :n_ans]).all())
+        L = int(lens[i])
+        ar += bool((ar_pred[i, L - 1:L - 1 + n_ans] == ids[i, L:L + n_ans]).all())
+    model.train()
+    return one_shot / len(problems), ar / len(problems)
+
+
 def eval_all(model, codec, tasks, n, seed, C, steps=None):
     res = {}
     for task in tasks:
         probs = T.held_out(task, n, seed)
         acc, tpf, outs = hf_eval(model, codec, probs, C, steps)
-        res[task] = {"acc": acc, "tokens_per_forward": tpf,
+        one_shot, ar = probe_eval(model, codec, probs, C)
+        res[task] = {"acc": acc, "tokens_per_forward": tpf, "one_shot": one_shot, "ar": ar,
                      "examples": [(q, a, o) for (q, a), o in list(zip(probs, outs))[:3]]}
     return res
 
@@ -398,10 +442,13 @@ def main(argv=None):
         if a.eval_every and (step % a.eval_every == 0) and step != a.steps and not stop:
             te = time.time()
             res = eval_all(model, codec, tasks, a.eval_n, a.eval_seed, a.canvas, a.eval_steps)
-            rec["eval"] = {t: {"acc": r["acc"], "tpf": r["tokens_per_forward"]} for t, r in res.items()}
+            rec["eval"] = {t: {k: r[k] for k in ("acc", "one_shot", "ar")} | {"tpf": r["tokens_per_forward"]}
+                           for t, r in res.items()}
             rec["eval_s"] = round(time.time() - te, 1)
+            model.save_pretrained(a.out / "checkpoint")  # the latest evaluated weights survive an interruption
             msg = f"eval @ step {step}: " + ", ".join(
-                f"{t} {r['acc']:.1%} (tpf {r['tokens_per_forward']:.2f})" for t, r in res.items()) + \
+                f"{t} {r['acc']:.1%} (tpf {r['tokens_per_forward']:.2f}; one-shot {r['one_shot']:.0%}, "
+                f"AR {r['ar']:.0%})" for t, r in res.items()) + \
                 f" [{rec['eval_s']}s]; e.g. {res[tasks[0]]['examples'][0]}"
             (bar.write if bar is not None else print)(msg)
         log.write(json.dumps(rec) + "\n")

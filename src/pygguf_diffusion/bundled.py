@@ -22,10 +22,7 @@ HINT = "pass a .gguf path (-m) or a Hub repo (-hf / Model.from_pretrained) for t
 EXAMPLES = ("4821+377=", "sort: 42 7 19", "sudoku: 1.3. .4.. ..1. 3.4.")
 
 
-def bundled_model_path() -> str:
-    """Path of the bundled GGUF. Raises FileNotFoundError (with what to do) if the install lacks it."""
+def bundled_model_path() -> str | None:
+    """Path of the bundled GGUF, or None where this install has none."""
     path = os.fspath(resources.files("pygguf_diffusion") / "models" / FILENAME)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path}: the bundled model is missing from this install; reinstall "
-                                "pygguf_diffusion, or pass a .gguf path")
-    return path
+    return path if os.path.isfile(path) else None

@@ -14,8 +14,8 @@ import os
 import sys
 from typing import Any
 
+from . import bundled
 from ._defaults import DEFAULT_N_CTX, INT32_MAX
-
 from ._live import AnswerView, LoadProgress, no_echo
 from ._prompt import LineReader, read_message
 
@@ -122,8 +122,6 @@ def load(args: argparse.Namespace):
             repo, _, quant = args.hf_repo.partition(":")
             return Model.from_pretrained(repo, quant=quant or "Q4_K_M", **kw)
         if not args.model:
-            from . import bundled
-
             args.model = bundled.bundled_model_path()
             print(f"no model given: using {bundled.DESCRIPTION}\n  {bundled.HINT}", file=sys.stderr)
         return Model(args.model, **kw)
@@ -317,6 +315,9 @@ def run(argv: list[str] | None) -> int:
                         format="%(name)s: %(message)s")
     if args.model and args.hf_repo:
         return fail("invalid option", "-m and -hf both given: pick one model", "see dgemma-cli --help")
+    if not args.model and not args.hf_repo and bundled.bundled_model_path() is None:
+        return fail("no model", "pass -m model.gguf or -hf repo[:quant] (this install has no bundled model)",
+                    "dgemma-cli --help lists the options")
     if args.seed == -1:  # llama.cpp's spelling of "random"
         args.seed = None
     bad = check_options(args)

@@ -47,6 +47,9 @@ class Model:
             from . import bundled
 
             path = bundled.bundled_model_path()
+            if path is None:
+                raise FileNotFoundError("no model path given and this install has no bundled model; pass a "
+                                        ".gguf path or use Model.from_pretrained")
             logger.warning("no model path given: using %s; %s", bundled.DESCRIPTION, bundled.HINT)
         path = os.fspath(path)
         if not os.path.isfile(path):
