@@ -56,6 +56,9 @@ def parse_args(argv=None):
     p.add_argument("--moe-intermediate", type=int, default=128)
     p.add_argument("--sliding-window", type=int, default=64)
     p.add_argument("--canvas", type=int, default=24)
+    p.add_argument("--qk-norm-init", choices=["scaled", "ones"], default="scaled",
+                   help="initial q_norm/k_norm weights: head_dim**-0.25 (attention logits of unit variance at "
+                        "init; the model's attention scale is 1.0) or transformers' default 1.0")
     # optimisation
     p.add_argument("--steps", type=int, default=2000)
     p.add_argument("--minutes", type=float, default=None,
@@ -102,6 +105,21 @@ def make_config(a):
                 pad_token_id=T.PAD, bos_token_id=T.BOS, eos_token_id=T.EOS_IDS)
     return DiffusionGemmaConfig(text_config=text, vision_config=dict(T.VISION), canvas_length=a.canvas,
                                 eos_token_id=T.EOS_IDS, pad_token_id=T.PAD, bos_token_id=T.BOS)
+
+
+def init_qk_norms(model, how: str) -> None:
+    """DiffusionGemma attends with scale 1.0 after RMS-normalizing q and k, so with the norms' default
+    weight 1 the initial attention logits have standard deviation sqrt(head_dim) (8 to 11 here): softmax
+    saturates on random keys and attention learns slowly. head_dim**-0.25 on each side gives unit variance,
+    what the usual 1/sqrt(head_dim) scale gives; only the initial value changes, not the structure."""
+    import torch
+
+    if how == "ones":
+        return
+    with torch.no_grad():
+        for name, mod in model.named_modules():
+            if name.endswith(("q_norm", "k_norm")) and getattr(mod, "weight", None) is not None:
+                mod.weight.fill_(mod.weight.shape[0] ** -0.25)
 
 
 def load_generation_config(d: Path):
@@ -369,6 +387,7 @@ def main(argv=None):
     gen = torch.Generator().manual_seed(a.seed)
     rng = random.Random(a.seed)
     model = DiffusionGemmaForBlockDiffusion(make_config(a))
+    init_qk_norms(model, a.qk_norm_init)
     model.train()
     n_params = sum(p.numel() for n, p in model.named_parameters() if "vision" not in n)
     tokdir = a.out / "tok"

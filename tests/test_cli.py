@@ -91,16 +91,19 @@ def test_not_a_gguf(tmp_path):
 
 @pytest.mark.skipif(os.name != "posix", reason="SIGINT delivery")
 def test_ctrl_c_stops_the_answer_not_the_session(gguf):
-    # slow canvases (2000 steps, ~2 s each on one thread) so that the signal lands while one is denoising
-    p = subprocess.Popen([*CLI, "-m", gguf, "-c", "4096", "-t", "1", "-s", "2", "--steps", "2000",
+    # One very slow canvas (20000 steps: 4-20 s on one thread) and the signal 1.5 s after the message, while
+    # that first canvas is denoising. (Waiting for the first committed canvas raced with the answer's end:
+    # on this random model the answer can be a single canvas.)
+    p = subprocess.Popen([*CLI, "-m", gguf, "-c", "4096", "-t", "1", "-s", "2", "--steps", "20000",
                           "--confidence-threshold", "1e-9"], stdin=subprocess.PIPE,
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        assert p.stdin is not None and p.stdout is not None
+        assert p.stdin is not None and p.stderr is not None
+        while "/help for commands" not in (line := p.stderr.readline()):  # loaded, reading messages
+            assert line, "the CLI ended before its banner"
         p.stdin.write("write a very long answer\n")
         p.stdin.flush()
-        p.stdout.read(1)          # the answer is streaming (canvases are committing)
-        time.sleep(0.3)
+        time.sleep(1.5)
         p.send_signal(signal.SIGINT)
         time.sleep(1.0)
         p.stdin.write("/exit\n")
