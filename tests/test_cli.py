@@ -90,10 +90,12 @@ def test_not_a_gguf(tmp_path):
 
 
 @pytest.mark.skipif(os.name != "posix", reason="SIGINT delivery")
+@pytest.mark.skipif(os.name == "posix" and signal.getsignal(signal.SIGINT) == signal.SIG_IGN,
+                    reason="SIGINT is ignored here (a background job of a non-interactive shell), and children "
+                           "inherit that")
 def test_ctrl_c_stops_the_answer_not_the_session(gguf):
     # slow canvases (2000 steps, ~2 s each on one thread) so that the signal lands while one is denoising;
-    # seed 3 answers this prompt with more than 5 canvases and no EOS (seed 2's answer, 2 canvases, could end
-    # before the signal arrived)
+    # seed 3 answers this prompt with more than 5 canvases and no EOS (seed 2's has two)
     p = subprocess.Popen([*CLI, "-m", gguf, "-c", "4096", "-t", "1", "-s", "3", "--steps", "2000",
                           "--confidence-threshold", "1e-9"], stdin=subprocess.PIPE,
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
