@@ -148,7 +148,7 @@ def runtime_eval(model, problems: list[tuple[str, str]], **settings) -> dict:
         r = model.generate(model.tokenize(text, add_bos=False), **settings)
         outs.append(r.text)
         ok += score(r.text, expected)
-        toks += round(r.stats.tokens_per_forward * r.stats.decoder_forwards)
+        toks += r.stats.committed_tokens
         fwd += r.stats.decoder_forwards
         steps += sum(r.stats.steps_per_canvas)
         canvases += len(r.stats.steps_per_canvas)

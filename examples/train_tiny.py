@@ -19,7 +19,8 @@ Examples (run nice'd; the machine is shared):
   nice -n 19 python examples/train_tiny.py --out /tmp/tiny/run1 --tasks add --steps 600
   nice -n 19 python examples/train_tiny.py --out /tmp/tiny/run2 --tasks add,sort,sudoku --steps 2000
   nice -n 19 python examples/train_tiny.py --selftest --out /tmp/tiny/selftest
-  nice -n 19 python examples/train_tiny.py --eval-only /tmp/tiny/run1/hf --eval-n 100 --runtime
+  nice -n 19 python examples/train_tiny.py --eval-only /tmp/tiny/run1/hf --final-eval-n 100
+  python benchmarks/tiny_accuracy.py --gguf /tmp/tiny/run1/tiny-diffusiongemma-F16.gguf --hf /tmp/tiny/run1/hf
 """
 from __future__ import annotations
 
@@ -83,8 +84,6 @@ def parse_args(argv=None):
     p.add_argument("--no-export", action="store_true")
     p.add_argument("--outtype", default="f16", help="f16: the bundled file (<= 10 MB)")
     p.add_argument("--eval-only", type=Path, default=None, help="evaluate a saved checkpoint dir")
-    p.add_argument("--runtime", action="store_true", help="also evaluate the GGUF through pygguf_diffusion")
-    p.add_argument("--runtime-n", type=int, default=50)
     p.add_argument("--selftest", action="store_true", help="check padded-batch forward == one-by-one forward")
     return p.parse_args(argv)
 
@@ -292,31 +291,6 @@ def eval_all(model, codec, tasks, n, seed, C, steps=None):
     return res
 
 
-def runtime_eval(gguf, tasks, n, seed, C, hf_outs=None):
-    """The same held-out problems through our runtime (GGUF defaults, seed 0)."""
-    import pygguf_diffusion
-
-    m = pygguf_diffusion.Model(str(gguf), n_ctx=256, seed=0, n_threads=1)
-    res = {}
-    for task in tasks:
-        probs = T.held_out(task, n, seed)
-        ok, agree, tpf = 0, 0, 0.0
-        outs = []
-        for k, (q, a) in enumerate(probs):
-            m.reset()
-            r = m.create_chat_completion([{"role": "user", "content": q}], max_tokens=C)
-            o = r["choices"][0]["message"]["content"]
-            outs.append(o)
-            ok += T.score(o, a)
-            if hf_outs is not None:
-                agree += o.strip() == hf_outs[task][k].strip()
-        res[task] = {"acc": ok / n, "examples": [(q, a, o) for (q, a), o in list(zip(probs, outs))[:3]]}
-        if hf_outs is not None:
-            res[task]["agree_with_hf"] = agree / n
-    m.close()
-    return res
-
-
 # ------------------------------------------------------------------------------------------------ export
 
 def export(model, out: Path, outtype: str) -> Path:
@@ -491,17 +465,8 @@ def main(argv=None):
         summary["gguf"] = str(gguf)
         summary["gguf_bytes"] = gguf.stat().st_size
         print(f"exported {gguf} ({gguf.stat().st_size / 1e6:.2f} MB)", flush=True)
-        if a.runtime:
-            hf_outs = {t: eval_all_outs(model, codec, t, a.runtime_n, a.eval_seed, a.canvas) for t in tasks}
-            rr = runtime_eval(gguf, tasks, a.runtime_n, a.eval_seed, a.canvas, hf_outs)
-            summary["runtime_eval"] = rr
-            print("runtime: " + json.dumps(rr), flush=True)
     (a.out / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
-
-
-def eval_all_outs(model, codec, task, n, seed, C):
-    return hf_eval(model, codec, T.held_out(task, n, seed), C)[2]
 
 
 def eval_only(a, tasks):
@@ -512,19 +477,10 @@ def eval_only(a, tasks):
     codec = T.Codec(a.eval_only)
     C = model.config.canvas_length
     torch.manual_seed(a.seed)
-    res = {}
-    hf_outs = {}
-    for t in tasks:
-        probs = T.held_out(t, a.final_eval_n, a.eval_seed)
-        acc, tpf, outs = hf_eval(model, codec, probs, C, a.eval_steps)
-        hf_outs[t] = outs
-        res[t] = {"acc": acc, "tpf": tpf}
-        print(f"transformers {t}: {acc:.1%} tpf {tpf:.2f}; e.g. {list(zip(probs, outs))[:2]}", flush=True)
-    if a.runtime:
-        ggufs = sorted(a.eval_only.parent.glob("*.gguf"))
-        rr = runtime_eval(ggufs[0], tasks, min(a.runtime_n, a.final_eval_n), a.eval_seed, C,
-                          {t: o[:a.runtime_n] for t, o in hf_outs.items()})
-        print("runtime " + str(ggufs[0]) + ": " + json.dumps(rr), flush=True)
+    res = eval_all(model, codec, tasks, a.final_eval_n, a.eval_seed, C, a.eval_steps)
+    for t, r in res.items():
+        print(f"transformers {t}: {r['acc']:.1%} tpf {r['tokens_per_forward']:.2f} one-shot {r['one_shot']:.0%} "
+              f"AR {r['ar']:.0%}; e.g. {r['examples'][:2]}", flush=True)
     return res
 
 

@@ -19,7 +19,6 @@ FILENAME = "tiny-diffusiongemma-F16.gguf"
 DESCRIPTION = ("the bundled tiny DiffusionGemma (4.6M parameters; it answers only `a+b=`, `sort: 42 7 19` and "
                "`sudoku: 1.3. .4.. ..1. 3.4.`)")
 HINT = "pass a .gguf path (-m) or a Hub repo (-hf / Model.from_pretrained) for the real model"
-EXAMPLES = ("4821+377=", "sort: 42 7 19", "sudoku: 1.3. .4.. ..1. 3.4.")
 
 
 def bundled_model_path() -> str | None:

@@ -121,9 +121,6 @@ def load(args: argparse.Namespace):
         if args.hf_repo:
             repo, _, quant = args.hf_repo.partition(":")
             return Model.from_pretrained(repo, quant=quant or "Q4_K_M", **kw)
-        if not args.model:
-            args.model = bundled.bundled_model_path()
-            print(f"no model given: using {bundled.DESCRIPTION}\n  {bundled.HINT}", file=sys.stderr)
         return Model(args.model, **kw)
 
 
@@ -315,9 +312,12 @@ def run(argv: list[str] | None) -> int:
                         format="%(name)s: %(message)s")
     if args.model and args.hf_repo:
         return fail("invalid option", "-m and -hf both given: pick one model", "see dgemma-cli --help")
-    if not args.model and not args.hf_repo and bundled.bundled_model_path() is None:
-        return fail("no model", "pass -m model.gguf or -hf repo[:quant] (this install has no bundled model)",
-                    "dgemma-cli --help lists the options")
+    if not args.model and not args.hf_repo:
+        args.model = bundled.bundled_model_path()
+        if args.model is None:
+            return fail("no model", "pass -m model.gguf or -hf repo[:quant] (this install has no bundled model)",
+                        "dgemma-cli --help lists the options")
+        print(f"no model given: using {bundled.DESCRIPTION}\n  {bundled.HINT}", file=sys.stderr)
     if args.seed == -1:  # llama.cpp's spelling of "random"
         args.seed = None
     bad = check_options(args)

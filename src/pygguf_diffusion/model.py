@@ -36,8 +36,8 @@ class Model:
     Not thread-safe: one generation at a time per Model.
     """
 
-    def __init__(self, path: str | os.PathLike[str] | None = None, *, n_gpu_layers: int = -1, n_ctx: int | None = None,
-                 n_threads: int | None = None, n_batch: int = 512, seed: int | None = None, verbose: bool = False,
+    def __init__(self, path: str | os.PathLike[str] | None = None, *, n_gpu_layers: int = -1,
+                 n_ctx: int | None = None, n_threads: int | None = None, n_batch: int = 512, seed: int | None = None, verbose: bool = False,
                  cpu_moe: bool = False, progress: Callable[[float], None] | None = None) -> None:
         """n_ctx: positions the context holds (prompt + every canvas); None = min(8192, the model's
         context_length). n_threads: None = the physical cores this process may use. progress: called
