@@ -3,7 +3,7 @@
 Three tasks whose later answer tokens constrain earlier ones (exact formats of the issue):
   addition  `4821+377=`                    -> `5198`
   sorting   `sort: 42 7 19`                -> `7 19 42`
-  sudoku    `sudoku: 1.3. .4.. ..1. 3.4.`  -> the four completed rows, same layout
+  sudoku    `sudoku: 3.12 .2.. .321 .1.4`  -> the four completed rows, same layout
 
 The tokenizer is Gemma-4 shaped (BPE with byte fallback, ' ' -> '▁', the real special ids: pad 0, eos 1,
 bos 2, <|turn> 105, <turn|> 106, <0xXX> byte tokens at 238..493), one token per character for the task
@@ -76,6 +76,20 @@ class Codec:
 def _num(rng: random.Random, max_digits: int) -> int:
     d = rng.randint(1, max_digits)
     return rng.randint(0, 9) if d == 1 else rng.randint(10 ** (d - 1), 10 ** d - 1)
+
+
+ADD_WIDTH = 5  # the longest sum, 9999+9999 = 19998
+
+
+def answer_target(question: str, answer: str) -> str:
+    """The text the model is trained to write for `answer`. Sums are right-aligned in a field of ADD_WIDTH
+    characters (leading spaces, which scoring ignores as surrounding whitespace): each canvas position then
+    holds one place value whatever the operands' lengths, and the digit of `b` it needs sits at a fixed
+    distance before `=`. Left-aligned, a position's place value depends on the sum's length, i.e. on the
+    carry out of the top digit, which the model would have to compute before it can align anything."""
+    if question.endswith("=") and "+" in question:
+        return answer.rjust(ADD_WIDTH)
+    return answer
 
 
 def addition(rng: random.Random, max_digits: int = 4) -> tuple[str, str]:

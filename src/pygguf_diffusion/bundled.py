@@ -4,11 +4,13 @@ A 4.6M-parameter DiffusionGemma (real structure: sliding and full attention laye
 the self-conditioning block, tied embeddings) trained by `examples/train_tiny.py` on three tasks whose later
 answer tokens constrain earlier ones. Ask it exactly in these forms (the chat template is applied):
 
-    4821+377=                    -> 5198
+    4821+377=                    -> " 5198"  (sums right-aligned in 5 characters)
     sort: 42 7 19                -> 7 19 42
-    sudoku: 1.3. .4.. ..1. 3.4.  -> the completed grid, same layout
+    sudoku: 3.12 .2.. .321 .1.4  -> 3412 1243 4321 2134
 
-Anything else gets nonsense: it knows nothing but these tasks.
+Sums come with leading spaces (scoring ignores surrounding whitespace): a fixed-width field gives every
+canvas position one place value, which is what let a model this small learn carries within the training
+budget (docs/bundled-model.md). Anything else gets nonsense: it knows nothing but these tasks.
 """
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ from importlib import resources
 
 FILENAME = "tiny-diffusiongemma-F16.gguf"
 DESCRIPTION = ("the bundled tiny DiffusionGemma (4.6M parameters; it answers only `a+b=`, `sort: 42 7 19` and "
-               "`sudoku: 1.3. .4.. ..1. 3.4.`)")
+               "`sudoku: 3.12 .2.. .321 .1.4`)")
 HINT = "pass a .gguf path (-m) or a Hub repo (-hf / Model.from_pretrained) for the real model"
 
 

@@ -34,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="dgemma-cli", description=__doc__.splitlines()[0])
     src = ap.add_argument_group("model")
     src.add_argument("-m", "--model", help="path of a .gguf file (default: the bundled tiny model, which "
-                     "answers only 'a+b=', 'sort: 42 7 19' and 'sudoku: 1.3. .4.. ..1. 3.4.')")
+                     "answers only 'a+b=', 'sort: 42 7 19' and 'sudoku: 3.12 .2.. .321 .1.4')")
     src.add_argument("-hf", "--hf-repo", metavar="REPO[:QUANT]", help="a Hugging Face repo, e.g. "
                      "unsloth/diffusiongemma-26B-A4B-it-GGUF:Q4_K_M (QUANT defaults to Q4_K_M)")
     src.add_argument("-c", "--ctx-size", type=int, metavar="N", help="context size: prompt + every canvas "
