@@ -118,6 +118,9 @@ public:
             ++dec_builds_;
         }
         if (sp.sc == self_cond::given) ggml_backend_tensor_set(sc_state_, sp.sc_logits, 0, sizeof(float) * V * C);
+        // Without self-conditioning the step multiplies softmax(sc_state) by 0, which is exactly 0 only when
+        // sc_state is finite: a NaN left by an earlier failed run would otherwise poison every later call.
+        if (sp.sc == self_cond::none) ggml_backend_tensor_memset(sc_state_, 0, 0, ggml_nbytes(sc_state_));
         fill_decoder_inputs(dec_, canvas, C, sp.temperature, sp.sc != self_cond::none, uniforms, draw);
         compute(dec_.gf);
         have_previous_ = true;

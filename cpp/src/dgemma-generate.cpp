@@ -61,6 +61,12 @@ settings resolve(const context & ctx, const generate_params & p) {
     if (!(s.t_min >= 0.0) || !(s.t_max > s.t_min) || !std::isfinite(s.t_max)) {
         bad("need 0 <= t_min < t_max, got t_min " + std::to_string(s.t_min) + ", t_max " + std::to_string(s.t_max));
     }
+    // the lowest temperature of the schedule (k = 1) divides the logits: below the floor they overflow
+    const double t_low = s.t_min + (s.t_max - s.t_min) / s.steps;
+    if (!(t_low >= MIN_STEP_TEMPERATURE)) {
+        bad("the lowest step temperature t_min + (t_max - t_min) / max_denoising_steps is " + std::to_string(t_low) +
+            "; it must be >= " + std::to_string(MIN_STEP_TEMPERATURE) + " (raise t_min or t_max)");
+    }
     if (!(s.bound > 0.0f) || !std::isfinite(s.bound)) bad("entropy_bound must be > 0");
     if (!(s.confidence > 0.0f) || !std::isfinite(s.confidence)) bad("confidence_threshold must be > 0");
     if (s.stability < 0) bad("stability_threshold must be >= 0");

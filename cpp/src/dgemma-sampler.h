@@ -18,6 +18,10 @@ draw_params check_draw_params(const draw_params & d, int32_t n_vocab, bool restr
 // (cur_step is an int32 tensor: k / N is f32, the double (t_max - t_min) is rounded to f32, then f32 ops).
 float schedule_temperature(double t_min, double t_max, int k, int n_steps);
 
+// The lowest step temperature (k = 1) a schedule may reach: the logits are divided by it, and below this
+// the tempered logits of a softcapped model approach float32's range (1e-38 makes them inf, then NaN).
+constexpr double MIN_STEP_TEMPERATURE = 1e-4;
+
 // Accept the lowest-entropy rows while (cumulative entropy - own entropy) <= bound, rows sorted ascending
 // (the lowest-entropy row is always accepted). accept[i] = 1 for accepted rows.
 void accept_by_entropy(const float * entropy, int n, float bound, std::vector<uint8_t> & accept);

@@ -1,6 +1,7 @@
 """The Python API: load a DiffusionGemma GGUF, generate (streaming first), chat."""
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import queue
@@ -8,6 +9,7 @@ import secrets
 import threading
 import time
 import uuid
+import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -23,6 +25,7 @@ from .types import CommitEvent, DraftEvent, Event, GenerationResult, GenerationS
 logger = logging.getLogger(__name__)
 
 _POLL_S = 0.05  # how often a waiting consumer wakes up, so Ctrl-C reaches it promptly
+_LIVE: weakref.WeakSet[_Generation] = weakref.WeakSet()  # started or not, until finished or closed
 
 
 class Model:
@@ -33,7 +36,9 @@ class Model:
     >>> m.generate("Why is the sky blue?", max_new_tokens=256).text
     >>> for ev in m.stream_generate("Hi", drafts=True): ...
 
-    Not thread-safe: one generation at a time per Model.
+    One generation at a time per Model: stream_generate claims it from the call until its iterator is
+    exhausted, closed or dropped (a second call meanwhile raises RuntimeError). close() stops a running
+    generation after its current step, from any thread; at interpreter exit live streams are stopped.
     """
 
     def __init__(self, path: str | os.PathLike[str] | None = None, *, n_gpu_layers: int = -1,
@@ -84,13 +89,18 @@ class Model:
         return cls(download_gguf(repo_id, quant=quant, filename=filename), **kwargs)
 
     # ---- basics ------------------------------------------------------------------------------------------
+    def _context(self) -> Any:
+        if self._ctx is None:
+            raise RuntimeError("the model is closed")
+        return self._ctx
+
     @property
     def n_ctx(self) -> int:
-        return self._ctx.n_ctx
+        return self._context().n_ctx
 
     @property
     def canvas_length(self) -> int:
-        return self._ctx.canvas_length
+        return self._context().canvas_length
 
     @property
     def name(self) -> str:
@@ -99,7 +109,7 @@ class Model:
     def runtime_info(self) -> dict[str, Any]:
         """Where and how this model runs: device of the output layer, CPU threads, dominant weight type,
         and the bytes held by the KV store, the self-conditioning state and the compute buffers."""
-        mem = self._ctx.memory()
+        mem = self._context().memory()
         by_type: dict[str, int] = {}
         for t in self.info["tensors"]:
             if len(t["shape"]) >= 2:
@@ -125,10 +135,18 @@ class Model:
 
     def reset(self) -> None:
         """Forget the stored prefix (the next call encodes its whole prompt)."""
-        self._ctx.truncate(0)
+        ctx = self._context()
+        if self._busy:
+            raise RuntimeError("a generation is running on this Model: finish or close its iterator first")
+        ctx.truncate(0)
         self._stored = []
 
     def close(self) -> None:
+        """Stop a running generation (it ends after its current step) and free the weights and context.
+        Idempotent; afterwards every call but close() raises RuntimeError("the model is closed")."""
+        for gen in list(_LIVE):
+            if gen.model is self:
+                gen.close_or_stop()
         self._ctx = None  # type: ignore[assignment]
         self._model = None  # type: ignore[assignment]
 
@@ -155,8 +173,7 @@ class Model:
         step's temperature for that draw (1 = the model's schedule, the default; 0 = greedy: the argmax is
         accepted instead of a sample), `top_k` and `top_p` restrict it. `stop`: generation ends at the
         first occurrence of any of these strings, which is not returned (finish_reason "stop")."""
-        if self._ctx is None:
-            raise RuntimeError("the model is closed")
+        self._context()
         if self._busy:
             raise RuntimeError("a generation is already running on this Model")
         settings = _check_settings(max_new_tokens=max_new_tokens, max_denoising_steps=max_denoising_steps,
@@ -165,7 +182,7 @@ class Model:
                                    confidence_threshold=confidence_threshold, temperature=temperature, top_k=top_k,
                                    top_p=top_p)
         stops = check_stops(stop)
-        tokens = self.tokenize(prompt) if isinstance(prompt, str) else [int(t) for t in prompt]
+        tokens = self.tokenize(prompt) if isinstance(prompt, str) else self._check_ids(prompt)
         if not tokens:
             raise ValueError("the prompt is empty")
         try:  # the engine's own checks, before anything touches the stored prefix
@@ -174,7 +191,27 @@ class Model:
             raise _translate(e) from None
         if seed is None:
             seed = self._seed if self._seed is not None else secrets.randbits(63)
-        return self._stream(tokens, settings, int(seed), drafts, stops)
+        # The Model is claimed now, not at the first next(): a second stream fails here instead of racing
+        # this one. Finishing, closing or dropping the iterator releases it.
+        self._busy = True
+        try:
+            return _Generation(self, tokens, settings, int(seed), drafts, stops)
+        except BaseException:
+            self._busy = False
+            raise
+
+    def _check_ids(self, prompt: Any) -> list[int]:
+        if isinstance(prompt, (bytes, bytearray, memoryview)):
+            raise TypeError("prompt: bytes are not token ids; pass text (str) or a sequence of token ids")
+        n_vocab = int(self.info["hparams"]["n_vocab"])
+        ids = []
+        for i, t in enumerate(prompt):
+            if isinstance(t, (bool, np.bool_)) or not isinstance(t, (int, np.integer)):
+                raise TypeError(f"prompt[{i}] = {t!r}: token ids must be integers")
+            if not 0 <= int(t) < n_vocab:
+                raise ValueError(f"prompt[{i}] = {int(t)}: token ids must be in [0, {n_vocab}) for this model")
+            ids.append(int(t))
+        return ids
 
     def generate(self, prompt: str | Sequence[int], **kwargs: Any) -> GenerationResult:
         """Generate to the end and return text, tokens, finish reason and stats (same settings as
@@ -209,10 +246,9 @@ class Model:
         return tokens[n:]
 
     def _stream(self, tokens: list[int], settings: dict[str, Any], seed: int, drafts: bool,
-                stops: list[str]) -> Iterator[Event]:
-        self._busy = True
+                stops: list[str], abort: threading.Event, workers: list[threading.Thread]) -> Iterator[Event]:
+        self._context()  # an iterator created before close() and started after it
         q: queue.Queue = queue.Queue()
-        abort = threading.Event()
         commits: list[dict] = []
         eog = set(self.tokenizer.eog_ids)
         todo = self._reuse_prefix(tokens)
@@ -234,6 +270,7 @@ class Model:
                 q.put(("error", e))
 
         worker = threading.Thread(target=work, name="dgemma-generate", daemon=True)
+        workers.append(worker)
         answer: list[int] = []
         scanner = StopScanner(stops)
         stop_text = ""  # the answer up to the stop string, once one is found
@@ -277,12 +314,15 @@ class Model:
                     return
         finally:
             abort.set()
-            worker.join()
-            self._busy = False
-            self._settle(tokens, commits)
+            try:
+                _join(worker)
+            finally:
+                self._settle(tokens, commits)
 
     def _settle(self, prompt: list[int], commits: list[dict]) -> None:
         """Record what the context now holds: the prompt and every re-encoded (non-final) canvas."""
+        if self._ctx is None:  # closed while the generation ran
+            return
         stored = list(prompt)
         for c in commits:
             if not c["last"]:
@@ -357,6 +397,78 @@ class Model:
                 yield chunk({"content": ev.text})
             elif isinstance(ev, GenerationResult):
                 yield chunk({}, ev.finish_reason, usage=_usage(len(tokens), ev))
+
+
+class _Generation(Iterator[Event]):
+    """The iterator stream_generate returns: it holds the Model's claim from the call until the stream
+    ends, is closed, or is dropped (even if it never started), and lets close() and interpreter exit stop
+    a stream that is running in another frame or thread."""
+
+    def __init__(self, model: Model, tokens: list[int], settings: dict[str, Any], seed: int, drafts: bool,
+                 stops: list[str]) -> None:
+        self.model = model
+        self._abort = threading.Event()
+        self._workers: list[threading.Thread] = []
+        self._gen = model._stream(tokens, settings, seed, drafts, stops, self._abort, self._workers)
+        self._released = False
+        self._consumer: int | None = None  # the thread that iterates it
+        _LIVE.add(self)
+
+    def __next__(self) -> Event:
+        self._consumer = threading.get_ident()
+        try:
+            return next(self._gen)
+        except BaseException:  # StopIteration, an error, Ctrl-C: the generator has run its cleanup
+            self._release()
+            raise
+
+    def close(self) -> None:
+        self._gen.close()
+        self._release()
+
+    def close_or_stop(self) -> None:
+        """close() from the consuming thread; from any other, stop() (closing a generator another thread
+        may be resuming races it), and the consumer's iteration then ends with the aborted result."""
+        if self._consumer in (None, threading.get_ident()):
+            self.close()
+        else:
+            self.stop()
+
+    def stop(self) -> None:
+        """Ask the engine to stop after its current step and wait for it (any thread)."""
+        self._abort.set()
+        for w in self._workers:
+            _join(w)
+
+    def __del__(self) -> None:
+        self.close()
+
+    def _release(self) -> None:
+        if not self._released:
+            self._released = True
+            self.model._busy = False
+            _LIVE.discard(self)
+
+
+def _join(worker: threading.Thread) -> None:
+    """Wait for the engine's thread even through repeated Ctrl-C (the engine checks the abort flag after
+    every step), then re-raise the interrupt: returning while it still runs would let the next call race it."""
+    interrupted: BaseException | None = None
+    while worker.is_alive():
+        try:
+            worker.join()
+        except KeyboardInterrupt as e:
+            interrupted = e
+    if interrupted is not None:
+        raise interrupted
+
+
+@atexit.register
+def _stop_live_generations() -> None:
+    # a stream still held at exit would leave the engine's thread running while the interpreter tears
+    # down (std::terminate); stop each one after its current step
+    for gen in list(_LIVE):
+        gen.stop()
 
 
 def _usage(n_prompt: int, r: GenerationResult) -> dict:

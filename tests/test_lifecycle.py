@@ -1,0 +1,157 @@
+"""The Model's lifecycle under careless callers (issue 11): concurrent iterators, close and reset during a
+stream, Ctrl-C twice, interpreter exit with a live stream, token ids that are not ids, temperatures that
+would overflow the tempered logits."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+
+import numpy as np
+import pytest
+
+from pygguf_diffusion import GenerationResult, Model, _core
+
+FAST = {"max_denoising_steps": 3}
+
+
+@pytest.fixture()
+def model(converted):
+    m = Model(converted("spec9", "f32"), n_ctx=512, n_threads=2, seed=11)
+    yield m
+    m.close()
+
+
+def test_a_second_stream_is_refused_at_the_call_and_dropping_the_first_releases(model):
+    first = model.stream_generate("the hat", max_new_tokens=8, **FAST)  # not started yet
+    with pytest.raises(RuntimeError, match="already running"):
+        model.stream_generate("the hat", max_new_tokens=8, **FAST)
+    del first  # never iterated: dropping it frees the Model
+    second = model.stream_generate("the hat", max_new_tokens=8, **FAST)
+    next(second)
+    second.close()
+    assert isinstance(model.generate("the hat", max_new_tokens=8, **FAST), GenerationResult)
+
+
+def test_reset_during_a_stream_is_refused(model):
+    it = model.stream_generate("the hat", max_new_tokens=24, **FAST)
+    next(it)
+    with pytest.raises(RuntimeError, match="generation is running"):
+        model.reset()
+    it.close()
+    model.reset()
+    assert model._ctx.n_past == 0
+
+
+def test_close_during_a_stream_ends_it_and_later_calls_say_closed(model):
+    it = model.stream_generate("the hat", max_new_tokens=64, **FAST)
+    next(it)
+    model.close()
+    assert list(it) == []  # the stream was closed with the model
+    for call in (lambda: model.n_ctx, lambda: model.canvas_length, model.runtime_info, model.reset,
+                 lambda: model.generate("x")):
+        with pytest.raises(RuntimeError, match="the model is closed"):
+            call()
+    model.close()  # idempotent
+
+
+def test_close_from_another_thread_while_the_consumer_waits(model):
+    events = []
+    it = model.stream_generate("the hat", max_new_tokens=400, max_denoising_steps=48)
+    events.append(next(it))
+    t = threading.Thread(target=model.close)
+    t.start()
+    events.extend(it)  # the engine stops after its current step; the consumer ends normally
+    t.join()
+    assert isinstance(events[-1], GenerationResult)
+    assert events[-1].finish_reason == "abort"
+    with pytest.raises(RuntimeError, match="the model is closed"):
+        model.generate("x")
+
+
+def test_token_ids_must_be_ids(model):
+    V = model.info["hparams"]["n_vocab"]
+    with pytest.raises(ValueError, match=r"prompt\[1\] = 4294967301: token ids must be in \[0, "):
+        model.generate([2, 2**32 + 5], **FAST)
+    with pytest.raises(ValueError, match=r"prompt\[0\] = -1"):
+        model.generate([-1], **FAST)
+    with pytest.raises(ValueError, match=rf"prompt\[0\] = {V}"):
+        model.generate([V], **FAST)
+    with pytest.raises(TypeError, match=r"prompt\[1\] = 5.0: token ids must be integers"):
+        model.generate([2, 5.0], **FAST)
+    with pytest.raises(TypeError, match=r"prompt\[0\] = True"):
+        model.generate([True], **FAST)
+    with pytest.raises(TypeError, match="bytes are not token ids"):
+        model.generate(b"the hat", **FAST)
+    ok = model.generate(np.array([2, 5, 7], dtype=np.int64), max_new_tokens=4, **FAST)
+    assert ok.prompt_tokens == [2, 5, 7]
+
+
+def test_a_schedule_too_cold_for_float32_is_refused_and_leaves_the_model_clean(model):
+    before = model.generate("the hat", max_new_tokens=8, seed=3, **FAST).tokens
+    model.reset()
+    for t_min, t_max in ((0.0, 1e-38), (0.0, 1e-4)):  # lowest step temperature 3e-39, 3.3e-5
+        with pytest.raises(ValueError, match="lowest step temperature"):
+            model.generate("the hat", t_min=t_min, t_max=t_max, **FAST)
+    assert model.generate("the hat", max_new_tokens=8, seed=3, **FAST).tokens == before
+
+
+def test_a_nan_left_in_the_self_conditioning_state_does_not_reach_a_fresh_canvas(converted):
+    m = _core.Model(str(converted("spec9", "f32")))
+    ctx = _core.Context(m, n_ctx=64, n_threads=1)
+    ctx.encode(np.array([2, 5, 7], dtype=np.int32))
+    C, V = ctx.canvas_length, m.info()["hparams"]["n_vocab"]
+    canvas = np.arange(C, dtype=np.int32) + 3
+    clean = ctx.decode_step(canvas, None, 0.8)
+    assert np.isnan(ctx.decode_step(canvas, np.full((C, V), np.nan, dtype=np.float32), 0.8)).all()  # poisoned
+    again = ctx.decode_step(canvas, None, 0.8)
+    assert np.isfinite(again).all()
+    np.testing.assert_array_equal(again, clean)
+
+
+def _child(script: str, gguf: str) -> str:
+    return textwrap.dedent(f"""
+        import signal, sys, time
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # background shells ignore SIGINT
+        from pygguf_diffusion import Model
+        m = Model({gguf!r}, n_ctx=2048, n_threads=1, seed=5)
+    """) + textwrap.dedent(script)
+
+
+@pytest.mark.slow
+def test_interpreter_exit_with_a_live_stream_is_clean(converted):
+    script = _child("""
+        it = m.stream_generate("the hat", max_new_tokens=1500, max_denoising_steps=48)
+        next(it)
+        print("started", flush=True)
+    """, str(converted("spec9", "f32")))
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "started" in r.stdout and "terminate" not in r.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(os.name != "posix", reason="POSIX signals")
+def test_ctrl_c_twice_leaves_the_model_usable(converted):
+    script = _child("""
+        try:
+            for ev in m.stream_generate("the hat", max_new_tokens=1500, max_denoising_steps=48):
+                print("event", flush=True)
+        except KeyboardInterrupt:
+            print("interrupted", flush=True)
+        r = m.generate("the hat", max_new_tokens=4, max_denoising_steps=2)
+        print("after", r.finish_reason, flush=True)
+    """, str(converted("spec9", "f32")))
+    p = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert p.stdout.readline().strip() == "event"
+        p.send_signal(signal.SIGINT)
+        p.send_signal(signal.SIGINT)  # the second one lands while the first is being handled
+        out, err = p.communicate(timeout=120)
+    finally:
+        p.kill()
+    assert p.returncode == 0, err
+    assert "interrupted" in out and "after length" in out, (out, err)
