@@ -246,7 +246,8 @@ class Model:
         return tokens[n:]
 
     def _stream(self, tokens: list[int], settings: dict[str, Any], seed: int, drafts: bool,
-                stops: list[str], abort: threading.Event, workers: list[threading.Thread]) -> Iterator[Event]:
+                stops: list[str], abort: threading.Event, workers: list[threading.Thread],
+                settled: threading.Event) -> Iterator[Event]:
         self._context()  # an iterator created before close() and started after it
         q: queue.Queue = queue.Queue()
         commits: list[dict] = []
@@ -318,6 +319,11 @@ class Model:
                 _join(worker)
             finally:
                 self._settle(tokens, commits)
+                settled.set()
+
+    def _forget_prefix(self) -> None:
+        self._ctx.truncate(0)
+        self._stored = []
 
     def _settle(self, prompt: list[int], commits: list[dict]) -> None:
         """Record what the context now holds: the prompt and every re-encoded (non-final) canvas."""
@@ -409,7 +415,8 @@ class _Generation(Iterator[Event]):
         self.model = model
         self._abort = threading.Event()
         self._workers: list[threading.Thread] = []
-        self._gen = model._stream(tokens, settings, seed, drafts, stops, self._abort, self._workers)
+        self._settled = threading.Event()
+        self._gen = model._stream(tokens, settings, seed, drafts, stops, self._abort, self._workers, self._settled)
         self._released = False
         self._consumer: int | None = None  # the thread that iterates it
         _LIVE.add(self)
@@ -444,7 +451,17 @@ class _Generation(Iterator[Event]):
         self.close()
 
     def _release(self) -> None:
-        if not self._released:
+        """Free the Model, only once the engine's thread is gone: a second Ctrl-C can land inside the
+        generator's own cleanup and cut it short, and a new generation must never overlap this one."""
+        if self._released:
+            return
+        self._abort.set()
+        try:
+            for w in self._workers:
+                _join(w)
+        finally:
+            if self._workers and not self._settled.is_set() and self.model._ctx is not None:
+                self.model._forget_prefix()  # what the context holds is unknown: start afresh
             self._released = True
             self.model._busy = False
             _LIVE.discard(self)
