@@ -21,8 +21,9 @@ def rewrite(src: Path, dst: Path, *, drop_keys: tuple[str, ...] = (), set_keys: 
             drop_tensors: tuple[str, ...] = (), rename: dict[str, str] | None = None,
             edit_tensor: Callable[[str, np.ndarray], np.ndarray | None] | None = None,
             extra_tensors: dict[str, np.ndarray] | None = None,
-            split_gate_up: bool = False) -> Path:
-    """set_keys maps key -> (value, GGUFValueType[, sub type]) or a plain value keeping the old type."""
+            split_gate_up: bool = False, raw_tensors: dict[str, tuple[np.ndarray, Any]] | None = None) -> Path:
+    """set_keys maps key -> (value, GGUFValueType[, sub type]) or a plain value keeping the old type.
+    raw_tensors replaces a tensor by (uint8 bytes shaped [rows, bytes per row], GGMLQuantizationType)."""
     r = GGUFReader(src)
     arch = r.fields["general.architecture"].contents()
     if "general.architecture" in (set_keys or {}):
@@ -50,6 +51,8 @@ def rewrite(src: Path, dst: Path, *, drop_keys: tuple[str, ...] = (), set_keys: 
     for t in r.tensors:
         if t.name in drop_tensors:
             continue
+        if t.name in (raw_tensors or {}):
+            continue  # written last, below
         data = np.array(t.data)
         shape = tuple(int(x) for x in reversed(t.shape))  # numpy order
         if t.tensor_type.name in ("F32", "F16"):
@@ -69,6 +72,9 @@ def rewrite(src: Path, dst: Path, *, drop_keys: tuple[str, ...] = (), set_keys: 
             w.add_tensor(rename.get(t.name, t.name), data, raw_shape=data.shape, raw_dtype=t.tensor_type)
     for name, data in (extra_tensors or {}).items():
         w.add_tensor(name, data)
+    # last, so that a block size the gguf package disagrees with ggml on (q8_1) shifts no other tensor
+    for name, (raw, qtype) in (raw_tensors or {}).items():
+        w.add_tensor(name, raw, raw_shape=raw.shape, raw_dtype=qtype)
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()

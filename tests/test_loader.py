@@ -149,6 +149,42 @@ def test_rejects_wrong_type_for_a_norm(converted, tmp_path):
     expect_error(dst, "tensor 'blk.0.attn_norm.weight' has type i32")
 
 
+def test_rejects_norms_the_graph_cannot_compute(converted, tmp_path):
+    # element-wise ops take f32 norms only: an f16 one passed the loader and aborted in ggml at step 1
+    def edit(name, data):
+        return data.astype(np.float16) if name == "blk.0.attn_norm.weight" else None
+
+    dst = rewrite(converted("spec9", "f32"), tmp_path / "f16norm.gguf", edit_tensor=edit)
+    expect_error(dst, "tensor 'blk.0.attn_norm.weight' has type f16, which is not allowed for norms, scales and "
+                      "rope_freqs (they must be f32")
+
+
+def test_rejects_matrix_types_without_a_dot_product(converted, tmp_path):
+    # q8_1 is the activations' side of q4_1/q5_1 dot products; as a weight it segfaulted at the first step
+    from gguf import GGMLQuantizationType
+
+    src = converted("spec9", "f32")
+    from gguf.constants import GGML_QUANT_SIZES
+
+    block, nbytes = GGML_QUANT_SIZES[GGMLQuantizationType.Q8_1]
+    rows, cols = 80, 64  # blk.1.attn_output.weight: 80 rows of 64 -> two q8_1 blocks per row
+    raw = np.zeros((rows, cols // block * nbytes), np.uint8)
+    dst = rewrite(src, tmp_path / "q8_1.gguf",
+                  raw_tensors={"blk.1.attn_output.weight": (raw, GGMLQuantizationType.Q8_1)})
+    expect_error(dst, "tensor 'blk.1.attn_output.weight' has type q8_1, which is not a weight type with a CPU "
+                      "dot product")
+
+
+@pytest.mark.parametrize("key,value,bound", [
+    ("diffusion.canvas_length", 2**20, "[1, 4096]"),  # the self-conditioning state alone: n_vocab x 2^20 floats
+    ("diffusion.eb_max_steps", 2**20 - 1, "[1, 1024]"),  # a generation that never ends
+    (f"{A}.attention.sliding_window", 2**31 - 1, "[1, 1048576]"),  # leaked a C++ length_error
+])
+def test_rejects_counts_that_would_make_work_unbounded(converted, tmp_path, key, value, bound):
+    dst = rewrite(converted("spec9", "f32"), tmp_path / "big.gguf", set_keys={key: value})
+    expect_error(dst, f"metadata key '{key}' = {value} is out of range {bound}")
+
+
 def test_rejects_unexpected_tensors(converted, tmp_path):
     # a V projection on the full-attention layer (5) does not exist in DiffusionGemma
     dst = rewrite(converted("spec9", "f32"), tmp_path / "extra.gguf",

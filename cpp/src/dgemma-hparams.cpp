@@ -10,6 +10,13 @@ namespace dgemma {
 
 namespace {
 
+// Bounds on counts a file states, before anything is sized from them: far above what DiffusionGemma means
+// (canvas 256, 48 steps, window 1024) yet small enough that a hostile file cannot make a context allocate
+// gigabytes (the self-conditioning state is n_vocab x canvas floats) or a generation run for hours.
+constexpr int64_t MAX_CANVAS_LENGTH  = 4096;
+constexpr int64_t MAX_DEFAULT_STEPS  = 1024;
+constexpr int64_t MAX_SLIDING_WINDOW = 1 << 20;
+
 int32_t as_i32(const gguf_file & f, const std::string & key, int64_t v, int64_t lo, int64_t hi) {
     if (v < lo || v > hi) {
         throw error(f.where("metadata key '" + key + "' = " + std::to_string(v) + " is out of range [" +
@@ -46,7 +53,7 @@ hparams load_hparams(const gguf_file & f, int32_t n_vocab, std::vector<std::stri
     hp.n_head         = req_i32(f, keys::HEAD_COUNT);
     hp.head_dim_full  = req_i32(f, keys::KEY_LENGTH);
     hp.head_dim_swa   = req_i32(f, keys::KEY_LENGTH_SWA);
-    hp.sliding_window = req_i32(f, keys::SLIDING_WINDOW);
+    hp.sliding_window = req_i32(f, keys::SLIDING_WINDOW, 1, MAX_SLIDING_WINDOW);
     hp.n_expert       = req_i32(f, keys::EXPERT_COUNT);
     hp.n_expert_used  = req_i32(f, keys::EXPERT_USED_COUNT);
     hp.n_ff_expert    = req_i32(f, keys::EXPERT_FF_LENGTH);
@@ -118,10 +125,10 @@ hparams load_hparams(const gguf_file & f, int32_t n_vocab, std::vector<std::stri
 
 diffusion_defaults load_diffusion_defaults(const gguf_file & f, std::vector<std::string> & defaulted) {
     diffusion_defaults d;
-    d.canvas_length = as_i32(f, KEY_CANVAS_LENGTH, f.get_int(KEY_CANVAS_LENGTH), 1, 1 << 20);
+    d.canvas_length = as_i32(f, KEY_CANVAS_LENGTH, f.get_int(KEY_CANVAS_LENGTH), 1, MAX_CANVAS_LENGTH);
 
-    auto opt_i = [&](const char * key, int32_t & dst, int64_t lo) {
-        if (auto v = f.opt_int(key)) dst = as_i32(f, key, *v, lo, 1 << 20);
+    auto opt_i = [&](const char * key, int32_t & dst, int64_t lo, int64_t hi) {
+        if (auto v = f.opt_int(key)) dst = as_i32(f, key, *v, lo, hi);
         else defaulted.push_back(key);
     };
     auto opt_f = [&](const char * key, float & dst) {
@@ -132,11 +139,11 @@ diffusion_defaults load_diffusion_defaults(const gguf_file & f, std::vector<std:
             defaulted.push_back(key);
         }
     };
-    opt_i(KEY_EB_MAX_STEPS, d.max_denoising_steps, 1);
+    opt_i(KEY_EB_MAX_STEPS, d.max_denoising_steps, 1, MAX_DEFAULT_STEPS);
     opt_f(KEY_EB_T_MIN, d.t_min);
     opt_f(KEY_EB_T_MAX, d.t_max);
     opt_f(KEY_EB_ENTROPY_BOUND, d.entropy_bound);
-    opt_i(KEY_EB_STABILITY, d.stability_threshold, 0);
+    opt_i(KEY_EB_STABILITY, d.stability_threshold, 0, MAX_DEFAULT_STEPS);
     opt_f(KEY_EB_CONFIDENCE, d.confidence_threshold);
 
     fail_if(d.t_min < 0.0f || d.t_max <= d.t_min, f, "diffusion.eb_t_min/eb_t_max must satisfy 0 <= t_min < t_max");

@@ -4,6 +4,7 @@
 #include "dgemma-log.h"
 
 #include "ggml.h"
+#include "ggml-cpu.h"
 
 #include <limits>
 #include <set>
@@ -13,16 +14,22 @@ namespace dgemma {
 
 namespace {
 
+// What the graphs can compute, asked of ggml rather than listed: norms, scales and rope_freqs feed
+// element-wise ops that take f32 only (an f16 norm passed here once and aborted inside ggml at the first
+// step); a matrix needs a CPU dot product, the kernel every backend falls back to (q8_1 and q8_K are
+// only the activations' side of a dot product: they have none, and segfaulted at the first step).
 bool type_allowed(tensor_class cls, ggml_type t) {
+    if (t < 0 || t >= GGML_TYPE_COUNT) return false;
     switch (cls) {
         case tensor_class::vector:
-            return t == GGML_TYPE_F32 || t == GGML_TYPE_F16 || t == GGML_TYPE_BF16;
+            return t == GGML_TYPE_F32;
         case tensor_class::matrix:
             switch (t) {
                 case GGML_TYPE_I8: case GGML_TYPE_I16: case GGML_TYPE_I32: case GGML_TYPE_I64: case GGML_TYPE_F64:
                     return false;
                 default:
-                    return t < GGML_TYPE_COUNT && ggml_blck_size(t) > 0 && ggml_type_size(t) > 0;
+                    return ggml_blck_size(t) > 0 && ggml_type_size(t) > 0 &&
+                           ggml_get_type_traits_cpu(t)->vec_dot != nullptr;
             }
     }
     return false;
@@ -50,8 +57,11 @@ void check_tensor(const gguf_file & f, const tensor_spec & spec, std::set<int64_
     const ggml_type t = (ggml_type) f.tensor_type(id);
     if (!type_allowed(spec.cls, t)) {
         throw error(f.where(std::string("tensor '") + name + "' has type " + ggml_type_name(t) + ", which is not " +
-                            (spec.cls == tensor_class::vector ? "allowed for norms and scales (f32, f16 or bf16)"
-                                                              : "a float or quantized weight type")));
+                            (spec.cls == tensor_class::vector
+                                 ? "allowed for norms, scales and rope_freqs (they must be f32; convert the "
+                                   "file again with dgemma-convert)"
+                                 : "a weight type with a CPU dot product (f32, f16, bf16 or a quantized type "
+                                   "such as q8_0, q4_K, iq4_xs; q8_1 and q8_K are activation-only)")));
     }
     used.insert(id);
 }
