@@ -16,6 +16,7 @@ def cases(tmp_path, gguf) -> list[tuple[str, type[Exception], str]]:
     (tmp_path / "loop").symlink_to(tmp_path / "loop")
     (tmp_path / "dangling").symlink_to(tmp_path / "gone")
     (tmp_path / "text.gguf").write_text("hello")
+    os.mkfifo(tmp_path / "fifo.gguf")  # opening it for reading would block until a writer comes
     return [
         (str(tmp_path / "missing.gguf"), FileNotFoundError, "no such file"),
         (str(tmp_path / "dangling"), FileNotFoundError, "no such file"),
@@ -24,6 +25,7 @@ def cases(tmp_path, gguf) -> list[tuple[str, type[Exception], str]]:
         (str(tmp_path / "loop"), EngineError, "cannot open"),
         (f"{gguf}/inside", EngineError, "cannot open: Not a directory"),
         (str(tmp_path / "text.gguf"), EngineError, "not a GGUF file"),
+        (str(tmp_path / "fifo.gguf"), EngineError, "not a regular file"),
     ]
 
 

@@ -72,6 +72,18 @@ def test_close_from_another_thread_while_the_consumer_waits(model):
         model.generate("x")
 
 
+def test_a_thread_pool_ggml_cannot_hold_is_refused_before_loading(converted, tmp_path):
+    fifo = tmp_path / "model.gguf"
+    os.mkfifo(fifo)
+    with pytest.raises(_core.EngineError, match="not a regular file"):
+        Model(fifo)  # returns at once instead of blocking on the pipe
+    with pytest.raises(ValueError, match=r"n_threads must be an integer in \[1, 512\], got 100000"):
+        Model(converted("spec9", "f32"), n_threads=100000)
+    m = _core.Model(str(converted("spec9", "f32")))
+    with pytest.raises(_core.EngineError, match="n_threads must be <= 512, got 100000"):
+        _core.Context(m, n_ctx=64, n_threads=100000)
+
+
 def test_token_ids_must_be_ids(model):
     V = model.info["hparams"]["n_vocab"]
     with pytest.raises(ValueError, match=r"prompt\[1\] = 4294967301: token ids must be in \[0, "):

@@ -59,6 +59,11 @@ public:
     // Validates the parameters before the KV store is sized from them; returns n_ctx.
     static int32_t check_ctx(const context_params & p, const model & m) {
         if (p.n_ctx < 1) throw error("n_ctx must be >= 1, got " + std::to_string(p.n_ctx));
+        // checked before anything is allocated: ggml's thread pool holds at most GGML_MAX_N_THREADS
+        if (p.n_threads > GGML_MAX_N_THREADS) {
+            throw error("n_threads must be <= " + std::to_string(GGML_MAX_N_THREADS) + ", got " +
+                        std::to_string(p.n_threads));
+        }
         if (p.n_batch < 1) throw error("n_batch must be >= 1, got " + std::to_string(p.n_batch));
         if (p.n_ctx > m.info.hp.n_ctx_train) {
             log_msg(LOG_WARN, "n_ctx %d exceeds the model's context_length %d\n", p.n_ctx, m.info.hp.n_ctx_train);

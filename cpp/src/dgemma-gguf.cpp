@@ -64,6 +64,10 @@ gguf_file::gguf_file(const std::string & path, bool tensor_meta) : path_(path) {
     if (S_ISDIR(st.st_mode)) {
         throw error(path + ": is a directory, not a GGUF file");
     }
+    // a FIFO, socket or device would block the read below forever or yield no size to check offsets against
+    if (!S_ISREG(st.st_mode)) {
+        throw error(path + ": not a regular file (a pipe, socket or device); pass the path of a .gguf file");
+    }
     file_size_ = (uint64_t) st.st_size;
 
     // Check the magic ourselves: ggml's message for a foreign file is terse.

@@ -15,7 +15,7 @@ import sys
 from typing import Any
 
 from . import bundled
-from ._defaults import DEFAULT_N_CTX, INT32_MAX
+from ._defaults import DEFAULT_N_CTX, INT32_MAX, MAX_THREADS
 from ._live import AnswerView, LoadProgress, no_echo
 from ._prompt import LineReader, read_message
 
@@ -26,7 +26,6 @@ HELP = """commands:
   /help       this text
   a line ending in \\ continues on the next line; \"\"\" starts and ends a multi-line block"""
 
-MAX_THREADS = 512  # ggml's GGML_MAX_N_THREADS
 log = logging.getLogger("dgemma-cli")
 
 

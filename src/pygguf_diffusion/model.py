@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from . import _core, _logging
-from ._defaults import DEFAULT_N_CTX, INT32_MAX
+from ._defaults import DEFAULT_N_CTX, INT32_MAX, MAX_THREADS
 from ._stops import StopScanner, check_stops
 from .chat import fit_prompt, render_chat
 from .tokenizer import GemmaTokenizer
@@ -57,13 +57,14 @@ class Model:
                                         ".gguf path or use Model.from_pretrained")
             logger.warning("no model path given: using %s; %s", bundled.DESCRIPTION, bundled.HINT)
         path = os.fspath(path)
-        if not os.path.isfile(path):
+        if not os.path.exists(path):
             raise FileNotFoundError(f"{path}: no such model file; pass a .gguf path or use Model.from_pretrained")
         for name, v in (("n_ctx", n_ctx), ("n_batch", n_batch), ("n_threads", n_threads)):
             if v is None and name != "n_batch":
                 continue
-            if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= INT32_MAX:
-                raise ValueError(f"{name} must be an integer in [1, {INT32_MAX}], got {v!r}")
+            hi = MAX_THREADS if name == "n_threads" else INT32_MAX
+            if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= hi:
+                raise ValueError(f"{name} must be an integer in [1, {hi}], got {v!r}")
         _logging.install()
         if verbose:
             logging.getLogger("pygguf_diffusion").setLevel(logging.INFO)
