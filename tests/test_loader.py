@@ -12,7 +12,7 @@ import tiny_checkpoint
 from gguf import GGUFReader, GGUFValueType
 from gguf_edit import rewrite
 
-from pygguf_diffusion import EngineError, inspect_gguf
+from pygguf_diffusion import EngineError, Model, inspect_gguf
 
 A = "diffusion-gemma"
 # the dgemma-inspect console script's entry point
@@ -183,6 +183,20 @@ def test_rejects_matrix_types_without_a_dot_product(converted, tmp_path):
 def test_rejects_counts_that_would_make_work_unbounded(converted, tmp_path, key, value, bound):
     dst = rewrite(converted("spec9", "f32"), tmp_path / "big.gguf", set_keys={key: value})
     expect_error(dst, f"metadata key '{key}' = {value} is out of range {bound}")
+
+
+@pytest.mark.parametrize("edit,message", [
+    # a prompt would silently lack <bos>, and the chat template's bos_token raised OverflowError
+    ({"drop_keys": ("tokenizer.ggml.bos_token_id",)}, "'tokenizer.ggml.bos_token_id' is missing but every prompt"),
+    # the tokenizer library's ValueError escaped Model()
+    ({"set_keys": {"tokenizer.ggml.merges": (["a"], GGUFValueType.ARRAY, GGUFValueType.STRING)}},
+     "the tokenizer in the file is broken: cannot split merge 'a'"),
+])
+def test_a_broken_tokenizer_is_an_engine_error_naming_the_file(converted, tmp_path, edit, message):
+    dst = rewrite(converted("spec9", "f32"), tmp_path / "tok.gguf", **edit)
+    with pytest.raises(EngineError) as ei:
+        Model(dst, n_ctx=64, n_threads=1)
+    assert str(ei.value).startswith(str(dst)) and message in str(ei.value), str(ei.value)
 
 
 def test_rejects_unexpected_tensors(converted, tmp_path):

@@ -179,6 +179,8 @@ tokenizer_info load_tokenizer_info(const gguf_file & f, int32_t n_vocab) {
     t.eos_id = id(KEY_TOK_EOS);
     t.pad_id = id(KEY_TOK_PAD);
     t.add_bos = f.opt_bool(KEY_TOK_ADD_BOS).value_or(true);
+    fail_if(t.add_bos && t.bos_id < 0, f, std::string("'") + KEY_TOK_BOS + "' is missing but every prompt starts "
+            "with it (tokenizer.ggml.add_bos_token is true or absent); convert the file again with dgemma-convert");
     t.has_chat_template = f.has(KEY_CHAT_TEMPLATE);
 
     // End-of-generation set. reference: generation_config eos_token_id = [1, 106, 50] (<eos>, <turn|>,

@@ -71,7 +71,11 @@ class Model:
         self.path = path
         self._model = _core.Model(path, n_gpu_layers, cpu_moe, progress=progress)
         self.info: dict[str, Any] = self._model.info()
-        self.tokenizer = GemmaTokenizer.from_vocab(self._model.vocab())
+        vocab = self._model.vocab()  # the engine's checks: EngineError naming the file
+        try:
+            self.tokenizer = GemmaTokenizer.from_vocab(vocab)
+        except Exception as e:  # noqa: BLE001 - ValueError, KeyError, and the tokenizers library's own types
+            raise _core.EngineError(f"{path}: the tokenizer in the file is broken: {e}") from None
         if n_ctx is None:
             n_ctx = min(DEFAULT_N_CTX, self.info["hparams"]["n_ctx_train"] or DEFAULT_N_CTX)
         self._ctx = _core.Context(self._model, n_ctx=n_ctx, n_batch=n_batch, n_threads=n_threads or _default_threads())
@@ -130,9 +134,10 @@ class Model:
         template = self.tokenizer.chat_template
         if not template:
             raise ValueError(f"{self.path}: the GGUF has no tokenizer.chat_template; pass a plain prompt instead")
+        tok = self.tokenizer
         return render_chat(template, messages, add_generation_prompt=add_generation_prompt,
-                           bos_token=self.tokenizer.token_text(self.tokenizer.bos_id),
-                           eos_token=self.tokenizer.token_text(self.tokenizer.eos_id), **kwargs)
+                           bos_token=tok.token_text(tok.bos_id) if tok.bos_id >= 0 else "",
+                           eos_token=tok.token_text(tok.eos_id) if tok.eos_id >= 0 else "", **kwargs)
 
     def reset(self) -> None:
         """Forget the stored prefix (the next call encodes its whole prompt)."""
