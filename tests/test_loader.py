@@ -199,6 +199,29 @@ def test_a_broken_tokenizer_is_an_engine_error_naming_the_file(converted, tmp_pa
     assert str(ei.value).startswith(str(dst)) and message in str(ei.value), str(ei.value)
 
 
+def _bad_tokens(src: Path) -> list[bytes]:
+    toks = [t.encode() for t in GGUFReader(src).fields["tokenizer.ggml.tokens"].contents()]
+    toks[300] = b"\xff\xfeab"
+    return toks
+
+
+@pytest.mark.parametrize("key,value,what", [
+    ("general.name", b"\xff\xfe", "metadata key 'general.name' is not valid UTF-8 (byte 0 of 2)"),
+    ("tokenizer.chat_template", b"{{ x }}\xed\xa0\x80", "metadata key 'tokenizer.chat_template' is not valid "
+                                                         "UTF-8 (byte 7 of 10)"),  # an encoded surrogate
+    ("tokenizer.ggml.tokens", None, "tokenizer.ggml.tokens[300] is not valid UTF-8 (byte 0 of 4)"),
+])
+def test_strings_that_are_not_utf8_are_an_engine_error(converted, tmp_path, key, value, what):
+    # they reached Python as UnicodeDecodeError (or the tokenizers library's TypeError)
+    src = converted("spec9", "f32")
+    v = (value, GGUFValueType.STRING) if value is not None else (_bad_tokens(src), GGUFValueType.ARRAY,
+                                                                  GGUFValueType.STRING)
+    dst = rewrite(src, tmp_path / "utf8.gguf", set_keys={key: v})
+    with pytest.raises(EngineError) as ei:
+        Model(dst, n_ctx=64, n_threads=1)
+    assert str(ei.value).startswith(str(dst)) and what in str(ei.value), str(ei.value)
+
+
 def test_rejects_unexpected_tensors(converted, tmp_path):
     # a V projection on the full-attention layer (5) does not exist in DiffusionGemma
     dst = rewrite(converted("spec9", "f32"), tmp_path / "extra.gguf",

@@ -157,13 +157,53 @@ bool gguf_file::get_bool(const std::string & key) const {
     return gguf_get_val_bool(ctx_, id);
 }
 
+namespace {
+// Index of the first byte that breaks UTF-8 (RFC 3629: no overlongs, surrogates or code points past
+// U+10FFFF), or -1. Strings reach Python as str, where invalid bytes raised UnicodeDecodeError.
+int64_t utf8_error_at(const std::string & s) {
+    const auto * p = (const unsigned char *) s.data();
+    const size_t n = s.size();
+    size_t i = 0;
+    while (i < n) {
+        const unsigned char c = p[i];
+        size_t len;
+        uint32_t cp;
+        if (c < 0x80) { i++; continue; }
+        else if (c >= 0xC2 && c <= 0xDF) { len = 2; cp = c & 0x1F; }
+        else if (c >= 0xE0 && c <= 0xEF) { len = 3; cp = c & 0x0F; }
+        else if (c >= 0xF0 && c <= 0xF4) { len = 4; cp = c & 0x07; }
+        else return (int64_t) i;
+        if (i + len > n) return (int64_t) i;
+        for (size_t k = 1; k < len; k++) {
+            if ((p[i + k] & 0xC0) != 0x80) return (int64_t) i;
+            cp = (cp << 6) | (p[i + k] & 0x3F);
+        }
+        if ((len == 3 && (cp < 0x800 || (cp >= 0xD800 && cp <= 0xDFFF))) || (len == 4 && (cp < 0x10000 || cp > 0x10FFFF))) {
+            return (int64_t) i;
+        }
+        i += len;
+    }
+    return -1;
+}
+} // namespace
+
+void gguf_file::check_utf8(const std::string & what, const std::string & s) const {
+    const int64_t at = utf8_error_at(s);
+    if (at >= 0) {
+        throw error(where(what + " is not valid UTF-8 (byte " + std::to_string(at) + " of " +
+                          std::to_string(s.size()) + "); the file is corrupt or was not written by a GGUF tool"));
+    }
+}
+
 std::string gguf_file::get_str(const std::string & key) const {
     int64_t id = key_id(key);
     gguf_type t = gguf_get_kv_type(ctx_, id);
     if (t != GGUF_TYPE_STRING) {
         throw error(where("metadata key '" + key + "' has type " + gguf_type_name(t) + ", expected a string"));
     }
-    return gguf_get_val_str(ctx_, id);
+    std::string s = gguf_get_val_str(ctx_, id);
+    check_utf8("metadata key '" + key + "'", s);
+    return s;
 }
 
 std::optional<int64_t> gguf_file::opt_int(const std::string & key) const {

@@ -39,6 +39,8 @@ public:
     double      get_float(const std::string & key) const;
     bool        get_bool(const std::string & key) const;
     std::string get_str(const std::string & key) const;
+    // get_str's check for strings read another way: throws naming `what` unless `s` is valid UTF-8
+    void check_utf8(const std::string & what, const std::string & s) const;
 
     std::optional<int64_t>     opt_int(const std::string & key) const;
     std::optional<double>      opt_float(const std::string & key) const;

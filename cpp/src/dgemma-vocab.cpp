@@ -17,7 +17,10 @@ std::vector<std::string> string_array(const gguf_file & f, const char * key) {
     }
     const size_t n = gguf_get_arr_n(f.raw(), id);
     out.reserve(n);
-    for (size_t i = 0; i < n; i++) out.emplace_back(gguf_get_arr_str(f.raw(), id, i));
+    for (size_t i = 0; i < n; i++) {
+        out.emplace_back(gguf_get_arr_str(f.raw(), id, i));
+        f.check_utf8(std::string(key) + "[" + std::to_string(i) + "]", out.back());
+    }
     return out;
 }
 } // namespace
