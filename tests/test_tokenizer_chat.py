@@ -80,3 +80,16 @@ def test_template_errors_are_clear():
         render_chat("{{ raise_exception('boom') }}", [{"role": "user", "content": "x"}])
     with pytest.raises(ChatTemplateError, match="must be a dict with a 'role'"):
         render_chat("{{ messages }}", ["hello"])
+
+
+@pytest.mark.parametrize("template,limit", [
+    ("{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}x", "range() items"),
+    ("{{ 'x' * 1000000000 }}", "`*` would build 1,000,000,000 items"),
+    ("{{ 10 ** 100000000 }}", "an exponent of 100000000"),
+    ("{% for i in range(100000) %}{{ 'y' * 1000 }}{% endfor %}", "its output passes"),
+])
+def test_a_hostile_chat_template_fails_fast_instead_of_hanging(template, limit):
+    # each of these ran for hours or allocated gigabytes before the renderer had limits
+    with pytest.raises(ChatTemplateError, match="exceeds the renderer's limits") as ei:
+        render_chat(template, [{"role": "user", "content": "hi"}])
+    assert limit in str(ei.value)

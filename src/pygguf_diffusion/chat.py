@@ -5,6 +5,8 @@ context (`fit_messages`)."""
 from __future__ import annotations
 
 import json
+import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from functools import lru_cache
@@ -17,6 +19,46 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 class ChatTemplateError(ValueError):
     """The template could not be rendered for these messages."""
+
+
+# A chat template is code from the file. Rendering is bounded so that a hostile one fails in seconds
+# instead of tying up the caller: loop items over all range() calls, the size of any string or list that
+# `*` builds, exponents, the output, and the wall time (checked at every range item and output chunk).
+MAX_RANGE_ITEMS = 1_000_000
+MAX_TEMPLATE_OUTPUT = 32 * 1024 * 1024  # characters; a 128k-token prompt is well under 1 MB
+MAX_RENDER_SECONDS = 10.0
+_budget = threading.local()
+
+
+def _over(what: str) -> None:
+    raise jinja2.exceptions.SecurityError(f"the chat template exceeds the renderer's limits: {what}")
+
+
+def _check_time() -> None:
+    if time.monotonic() > _budget.deadline:
+        _over(f"it ran for more than {MAX_RENDER_SECONDS:g} s")
+
+
+def _counted_range(*args: int) -> range:
+    r = range(*args)
+    _budget.items += len(r)
+    if _budget.items > MAX_RANGE_ITEMS:
+        _over(f"its loops ask for more than {MAX_RANGE_ITEMS:,} range() items")
+    _check_time()
+    return r
+
+
+class _LimitedSandbox(ImmutableSandboxedEnvironment):
+    intercepted_binops = frozenset(["*", "**"])
+
+    def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
+        if operator == "*":
+            for seq, n in ((left, right), (right, left)):
+                if isinstance(seq, (str, list, tuple)) and isinstance(n, int) and len(seq) * n > MAX_TEMPLATE_OUTPUT:
+                    _over(f"`*` would build {len(seq) * n:,} items")
+        if operator == "**" and isinstance(right, (int, float)) and abs(right) > 1024:
+            _over(f"an exponent of {right}")
+        return super().call_binop(context, operator, left, right)
 
 
 def _raise(message: str) -> None:
@@ -50,7 +92,8 @@ class _Namespace(jinja2.utils.Namespace):
 
 @lru_cache(maxsize=8)
 def _compile(template: str) -> jinja2.Template:
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[jinja2.ext.loopcontrols])
+    env = _LimitedSandbox(trim_blocks=True, lstrip_blocks=True, extensions=[jinja2.ext.loopcontrols])
+    env.globals["range"] = _counted_range
     env.filters["tojson"] = _tojson
     env.globals["raise_exception"] = _raise
     env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
@@ -69,12 +112,22 @@ def render_chat(template: str, messages: Sequence[Mapping[str, Any]], *, add_gen
     for i, m in enumerate(messages):
         if not isinstance(m, Mapping) or "role" not in m:
             raise ChatTemplateError(f"message {i} must be a dict with a 'role' (and usually 'content')")
+    _budget.items, _budget.deadline = 0, time.monotonic() + MAX_RENDER_SECONDS
     try:
-        return _compile(template).render(messages=[dict(m) for m in messages], tools=tools,
-                                         add_generation_prompt=add_generation_prompt, bos_token=bos_token,
-                                         eos_token=eos_token, **extra)
+        out, size = [], 0
+        for chunk in _compile(template).generate(messages=[dict(m) for m in messages], tools=tools,
+                                                 add_generation_prompt=add_generation_prompt, bos_token=bos_token,
+                                                 eos_token=eos_token, **extra):
+            size += len(chunk)
+            if size > MAX_TEMPLATE_OUTPUT:
+                _over(f"its output passes {MAX_TEMPLATE_OUTPUT:,} characters")
+            _check_time()
+            out.append(chunk)
+        return "".join(out)
     except jinja2.exceptions.TemplateError as e:
         raise ChatTemplateError(f"cannot render the chat: {e}") from e
+    except (OverflowError, MemoryError, RecursionError) as e:
+        raise ChatTemplateError(f"cannot render the chat: {type(e).__name__}: {e}") from e
 
 
 def fit_messages(messages: Sequence[Mapping[str, Any]], count_tokens: Callable[[list[dict]], int],
