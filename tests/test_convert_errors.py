@@ -180,3 +180,17 @@ def test_unreadable_config(ckpt_copy, tmp_path):
     (ckpt_copy / "config.json").write_text("{not json")
     with pytest.raises(ConversionError, match=r"config\.json: cannot read config\.json"):
         convert(ckpt_copy, tmp_path / "o.gguf")
+
+
+@pytest.mark.parametrize("victim", ["model.safetensors", "config.json"])
+def test_force_never_overwrites_the_checkpoint_it_reads(ckpt_copy, victim):
+    target = ckpt_copy / victim
+    before = target.read_bytes()
+    with pytest.raises(ConversionError, match=rf"is one of the checkpoint's own files \({victim}\)"):
+        convert(ckpt_copy, target, "f32", force=True)
+    assert target.read_bytes() == before
+    link = ckpt_copy / "out.gguf"
+    link.symlink_to(target)  # the same file under another name
+    with pytest.raises(ConversionError, match="is one of the checkpoint's own files"):
+        convert(ckpt_copy, link, "f32", force=True)
+    assert target.read_bytes() == before

@@ -151,6 +151,18 @@ def _write_tensor(f, t: _Planned, data: np.ndarray | None, progress) -> None:
         progress(rows.size)
 
 
+def _refuse_an_input_as_output(outfile: Path, model_dir: Path, refs: dict[str, TensorRef]) -> None:
+    """--force overwrites an earlier output, never what this run reads (a shard, config.json, a tokenizer
+    file): replacing it would destroy the checkpoint the conversion needs."""
+    if not outfile.exists():
+        return
+    inputs = {r.file for r in refs.values()} | {f for f in model_dir.iterdir() if f.is_file() and f.suffix != ".gguf"}
+    for f in inputs:
+        if os.path.samefile(outfile, f):
+            raise ConversionError(f"{outfile}: is one of the checkpoint's own files ({f.name}); choose another "
+                                  "--outfile")
+
+
 def convert(model_dir: str | os.PathLike[str], outfile: str | os.PathLike[str] | None = None,
             outtype: str | OutType = OutType.BF16, *, force: bool = False, progress: bool = False,
             name: str | None = None) -> Path:
@@ -177,6 +189,7 @@ def convert(model_dir: str | os.PathLike[str], outfile: str | os.PathLike[str] |
     p = load_params(model_dir)
 
     refs = index_checkpoint(model_dir)
+    _refuse_an_input_as_output(outfile, model_dir, refs)
     plan = _plan(p, refs, out, model_dir)
     total = sum(int(np.prod(t.shape)) for t in plan)
 
