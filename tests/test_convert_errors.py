@@ -2,9 +2,13 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
 import subprocess
 import sys
+import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -194,3 +198,42 @@ def test_force_never_overwrites_the_checkpoint_it_reads(ckpt_copy, victim):
     with pytest.raises(ConversionError, match="is one of the checkpoint's own files"):
         convert(ckpt_copy, link, "f32", force=True)
     assert target.read_bytes() == before
+
+
+def test_a_part_file_left_by_a_killed_run_is_removed_by_the_next(ckpt_copy, tmp_path):
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, check=True)
+    out = tmp_path / "m.gguf"
+    stale = tmp_path / f".m.gguf.{gone.stdout.strip()}.abc123.part"  # its writer has exited (SIGKILL)
+    live = tmp_path / f".m.gguf.{os.getpid()}.def456.part"  # a conversion still running
+    stale.write_bytes(b"x" * 1000)
+    live.write_bytes(b"y")
+    convert(ckpt_copy, out, "f32")
+    assert out.is_file() and not stale.exists() and live.exists()
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX signals")
+@pytest.mark.parametrize("signame", ["SIGTERM", "SIGHUP"])
+def test_sigterm_or_sighup_mid_write_leaves_no_part_file(ckpt_copy, tmp_path, signame):
+    out = tmp_path / "m.gguf"
+    child = textwrap.dedent(f"""
+        import sys, time
+        from pygguf_diffusion.convert import converter, cli
+        slow = converter._write_tensor
+        def write(*a, **k):
+            time.sleep(0.2)  # a big model: the signal lands while tensors are written
+            return slow(*a, **k)
+        converter._write_tensor = write
+        sys.exit(cli.main([{str(ckpt_copy)!r}, "--outfile", {str(out)!r}, "--outtype", "f32"]))
+    """)
+    p = subprocess.Popen([sys.executable, "-c", child], stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not list(tmp_path.glob(".m.gguf.*.part")) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert list(tmp_path.glob(".m.gguf.*.part")), "the conversion never started writing"
+    p.send_signal(getattr(signal, signame))
+    _, err = p.communicate(timeout=60)
+    signum = getattr(signal, signame)
+    assert p.returncode == 128 + signum, err
+    assert f"error: terminated by signal {int(signum)}: no output was written" in err
+    assert not out.exists() and not list(tmp_path.glob(".m.gguf.*"))

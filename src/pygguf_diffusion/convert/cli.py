@@ -3,11 +3,22 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 
 from .converter import convert
 from .errors import ConversionError
 from .type_policy import OutType
+
+
+class _Terminated(BaseException):
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _raise_terminated(signum: int, _frame: object) -> None:
+    raise _Terminated(signum)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -26,6 +37,11 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s: %(message)s", stream=sys.stderr)
+    # SIGTERM/SIGHUP end the process without unwinding by default, which left the half-written temporary
+    # file behind; as an exception they run the converter's cleanup (SIGKILL's are removed by the next run)
+    for sig in (signal.SIGTERM, getattr(signal, "SIGHUP", None)):
+        if sig is not None:
+            signal.signal(sig, _raise_terminated)
     try:
         out = convert(args.model, args.outfile, args.outtype, force=args.force,
                       progress=not args.no_progress and sys.stderr.isatty(), name=args.name)
@@ -35,6 +51,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("error: interrupted: no output was written", file=sys.stderr)
         return 130
+    except _Terminated as e:
+        print(f"error: terminated by signal {e.signum}: no output was written", file=sys.stderr)
+        return 128 + e.signum
     except OSError as e:
         print(f"error: cannot convert: {e}\n  check the paths and free disk space", file=sys.stderr)
         return 1

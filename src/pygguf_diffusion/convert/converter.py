@@ -193,7 +193,8 @@ def convert(model_dir: str | os.PathLike[str], outfile: str | os.PathLike[str] |
     plan = _plan(p, refs, out, model_dir)
     total = sum(int(np.prod(t.shape)) for t in plan)
 
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{outfile.name}.", suffix=".part", dir=outfile.parent)
+    _remove_stale_parts(outfile)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{outfile.name}.{os.getpid()}.", suffix=".part", dir=outfile.parent)
     tmp = Path(tmp_name)
     os.close(fd)
     try:
@@ -226,6 +227,30 @@ def convert(model_dir: str | os.PathLike[str], outfile: str | os.PathLike[str] |
         raise
     logger.info("wrote %s (%d tensors, %.1f MiB)", outfile, len(plan), outfile.stat().st_size / 2**20)
     return outfile
+
+
+def _remove_stale_parts(outfile: Path) -> None:
+    """Temporary files are `.<name>.<pid>.<random>.part`: remove those of `outfile` whose writer is gone (a
+    run killed by SIGKILL or a power cut cannot clean up after itself)."""
+    for part in outfile.parent.glob(f".{outfile.name}.*.part"):
+        pid = part.name[len(outfile.name) + 2:].split(".", 1)[0]
+        if not pid.isdigit() or _alive(int(pid)):
+            continue
+        try:
+            part.unlink()
+            logger.info("removed %s, left by an interrupted conversion", part)
+        except OSError:
+            pass
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, OverflowError):
+        return False
+    except OSError:
+        return True  # someone else's process (EPERM): leave its file
+    return True
 
 
 def _umask() -> int:
