@@ -167,3 +167,14 @@ def test_ctrl_c_twice_leaves_the_model_usable(converted):
         p.kill()
     assert p.returncode == 0, err
     assert "interrupted" in out and "after length" in out, (out, err)
+
+
+def test_seeds_are_uint64(model, converted):
+    for bad, kind in ((-1, ValueError), (2**64, ValueError), (1.5, TypeError), (True, TypeError), ("7", TypeError)):
+        with pytest.raises(kind, match="seed must be"):
+            model.generate("the hat", seed=bad, **FAST)
+        with pytest.raises(kind, match="seed must be"):
+            Model(converted("spec9", "f32"), seed=bad)
+    a = model.generate("the hat", max_new_tokens=8, seed=2**64 - 1, **FAST)
+    model.reset()
+    assert model.generate("the hat", max_new_tokens=8, seed=np.uint64(2**64 - 1), **FAST).tokens == a.tokens

@@ -65,6 +65,8 @@ class Model:
             hi = MAX_THREADS if name == "n_threads" else INT32_MAX
             if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= hi:
                 raise ValueError(f"{name} must be an integer in [1, {hi}], got {v!r}")
+        if seed is not None:
+            _check_seed(seed)
         _logging.install()
         if verbose:
             logging.getLogger("pygguf_diffusion").setLevel(logging.INFO)
@@ -197,6 +199,7 @@ class Model:
             raise _translate(e) from None
         if seed is None:
             seed = self._seed if self._seed is not None else secrets.randbits(63)
+        _check_seed(seed)
         # The Model is claimed now, not at the first next(): a second stream fails here instead of racing
         # this one. Finishing, closing or dropping the iterator releases it.
         self._busy = True
@@ -516,6 +519,14 @@ def _tokens_within(tokens: list[int], n_chars: int, decode: Callable[[list[int]]
         else:
             hi = mid - 1
     return tokens[:lo]
+
+
+def _check_seed(seed: Any) -> None:
+    # the engine's seed is a uint64: pybind's TypeError for -1 or 2**70, and 1.5 silently became 1
+    if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (int, np.integer)):
+        raise TypeError(f"seed must be an integer (None: a random one), got {seed!r}")
+    if not 0 <= int(seed) < 2**64:
+        raise ValueError(f"seed must be in [0, 2**64 - 1] (None: a random one), got {seed}")
 
 
 def _check_settings(**kw: Any) -> dict[str, Any]:
