@@ -194,10 +194,11 @@ def convert(model_dir: str | os.PathLike[str], outfile: str | os.PathLike[str] |
     total = sum(int(np.prod(t.shape)) for t in plan)
 
     _remove_stale_parts(outfile)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{outfile.name}.{os.getpid()}.", suffix=".part", dir=outfile.parent)
-    tmp = Path(tmp_name)
-    os.close(fd)
+    prefix = f".{outfile.name}.{os.getpid()}."
     try:
+        fd, tmp_name = tempfile.mkstemp(prefix=prefix, suffix=".part", dir=outfile.parent)
+        tmp = Path(tmp_name)
+        os.close(fd)
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; the output is an ordinary new file
         w = GGUFWriter(tmp, ARCH)
         _write_metadata(w, p, out, name or model_dir.name, model_dir)
@@ -223,7 +224,9 @@ def convert(model_dir: str | os.PathLike[str], outfile: str | os.PathLike[str] |
             raise ConversionError(f"{outfile}: already exists; pass --force to overwrite it")
         os.replace(tmp, outfile)
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        # by pattern, not by `tmp`: a signal can land between mkstemp and the assignment
+        for part in outfile.parent.glob(f"{prefix}*.part"):
+            part.unlink(missing_ok=True)
         raise
     logger.info("wrote %s (%d tensors, %.1f MiB)", outfile, len(plan), outfile.stat().st_size / 2**20)
     return outfile
