@@ -124,10 +124,17 @@ public:
         }
         if (sp.sc == self_cond::given) ggml_backend_tensor_set(sc_state_, sp.sc_logits, 0, sizeof(float) * V * C);
         // Without self-conditioning the step multiplies softmax(sc_state) by 0, which is exactly 0 only when
-        // sc_state is finite: a NaN left by an earlier failed run would otherwise poison every later call.
-        if (sp.sc == self_cond::none) ggml_backend_tensor_memset(sc_state_, 0, 0, ggml_nbytes(sc_state_));
+        // sc_state is finite. A step's own processed logits are (finite logits over a bounded temperature);
+        // logits a caller gave, or a step that failed half-way, may not be: clear those once, not every canvas
+        // (n_vocab x canvas floats, 268 MB at the real shape).
+        if (sp.sc == self_cond::none && !sc_finite_) {
+            ggml_backend_tensor_memset(sc_state_, 0, 0, ggml_nbytes(sc_state_));
+            sc_finite_ = true;
+        }
         fill_decoder_inputs(dec_, canvas, C, sp.temperature, sp.sc != self_cond::none, uniforms, draw);
+        sc_finite_ = false;
         compute(dec_.gf);
+        sc_finite_ = sp.sc != self_cond::given;
         have_previous_ = true;
         if (logits_out) ggml_backend_tensor_get(dec_.logits, logits_out, 0, sizeof(float) * V * C);
         if (dec_.reduced && (argmax || entropy || sample)) {
@@ -224,6 +231,7 @@ private:
     decoder_graph dec_;
     int32_t dec_graph_n_past_ = -1;
     bool have_previous_ = false;     // sc_state holds this canvas's previous processed logits
+    bool sc_finite_ = false;         // sc_state is known finite (zeroed, or written by a step of our own)
     int64_t dec_builds_ = 0;         // decoder graphs built so far (graph reuse is observable)
 };
 

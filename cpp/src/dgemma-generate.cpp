@@ -62,7 +62,7 @@ settings resolve(const context & ctx, const generate_params & p) {
         bad("need 0 <= t_min < t_max, got t_min " + std::to_string(s.t_min) + ", t_max " + std::to_string(s.t_max));
     }
     // the lowest temperature of the schedule (k = 1) divides the logits: below the floor they overflow
-    const double t_low = s.t_min + (s.t_max - s.t_min) / s.steps;
+    const float t_low = schedule_temperature(s.t_min, s.t_max, 1, s.steps);
     if (!(t_low >= MIN_STEP_TEMPERATURE)) {
         bad("the lowest step temperature t_min + (t_max - t_min) / max_denoising_steps is " + std::to_string(t_low) +
             "; it must be >= " + std::to_string(MIN_STEP_TEMPERATURE) + " (raise t_min or t_max)");

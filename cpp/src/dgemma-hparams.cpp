@@ -147,7 +147,7 @@ diffusion_defaults load_diffusion_defaults(const gguf_file & f, std::vector<std:
     opt_f(KEY_EB_CONFIDENCE, d.confidence_threshold);
 
     fail_if(d.t_min < 0.0f || d.t_max <= d.t_min, f, "diffusion.eb_t_min/eb_t_max must satisfy 0 <= t_min < t_max");
-    fail_if(!(d.t_min + (d.t_max - d.t_min) / d.max_denoising_steps >= MIN_STEP_TEMPERATURE), f,
+    fail_if(!(schedule_temperature(d.t_min, d.t_max, 1, d.max_denoising_steps) >= MIN_STEP_TEMPERATURE), f,
             "diffusion.eb_t_min/eb_t_max/eb_max_steps give a lowest step temperature below " +
                 std::to_string(MIN_STEP_TEMPERATURE));
     fail_if(!(d.entropy_bound > 0.0f), f, "diffusion.eb_entropy_bound must be > 0");

@@ -143,11 +143,10 @@ class Model:
 
     def reset(self) -> None:
         """Forget the stored prefix (the next call encodes its whole prompt)."""
-        ctx = self._context()
+        self._context()
         if self._busy:
             raise RuntimeError("a generation is running on this Model: finish or close its iterator first")
-        ctx.truncate(0)
-        self._stored = []
+        self._forget_prefix()
 
     def close(self) -> None:
         """Stop a running generation (it ends after its current step) and free the weights and context.
@@ -346,8 +345,7 @@ class Model:
         if n <= len(stored):  # fewer after an error before (part of) the prompt was encoded
             self._stored = stored[:n]
         else:  # cannot happen unless the context was used behind our back: start afresh
-            self._ctx.truncate(0)
-            self._stored = []
+            self._forget_prefix()
 
     # ---- chat ----------------------------------------------------------------------------------------
     def create_chat_completion(self, messages: Sequence[Mapping[str, Any]], *, stream: bool = False,
