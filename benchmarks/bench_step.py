@@ -27,14 +27,25 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
 
 
-def build_checkpoint(out: Path, vocab: int, canvas: int) -> Path:
+# "mid": the proxy of ANCHORS.md (hidden 256, 6 layers, 16 experts top-4). "real2": the released model's
+# widths (hidden 2816, 16 heads, head dims 256/512, 128 experts top-8, FF 704/2112) with two layers, one
+# sliding and one full: a real-width step costs the globals plus 15 times this model's layers.
+SHAPES = {
+    "mid": dict(hidden_size=256, intermediate_size=512, num_hidden_layers=6, num_attention_heads=4,
+                num_key_value_heads=2, head_dim=64, global_head_dim=128, num_global_key_value_heads=1,
+                sliding_window=128, num_experts=16, top_k_experts=4, moe_intermediate_size=128),
+    "real2": dict(hidden_size=2816, intermediate_size=2112, num_hidden_layers=2, num_attention_heads=16,
+                  num_key_value_heads=8, head_dim=256, global_head_dim=512, num_global_key_value_heads=2,
+                  sliding_window=1024, num_experts=128, top_k_experts=8, moe_intermediate_size=704),
+}
+
+
+def build_checkpoint(out: Path, vocab: int, canvas: int, shape: str = "mid") -> Path:
     import tiny_checkpoint as tc
 
-    spec = tc.TinySpec("bench", dict(
-        vocab_size=vocab, hidden_size=256, intermediate_size=512, num_hidden_layers=6, num_attention_heads=4,
-        num_key_value_heads=2, head_dim=64, global_head_dim=128, num_global_key_value_heads=1,
-        sliding_window=128, num_experts=16, top_k_experts=4, moe_intermediate_size=128,
-        use_bidirectional_attention="vision", max_position_embeddings=8192), canvas_length=canvas, seed=7)
+    spec = tc.TinySpec("bench", dict(vocab_size=vocab, use_bidirectional_attention="vision",
+                                     max_position_embeddings=8192, **SHAPES[shape]),
+                       canvas_length=canvas, seed=7, dtype="float32" if shape == "mid" else "bfloat16")
     if not (out / "config.json").exists():
         tc.build(spec, out)   # the 512-token test tokenizer; the converter pads the vocabulary
     return out
@@ -44,6 +55,8 @@ def add_model_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--vocab", type=int, default=262144)
     ap.add_argument("--canvas", type=int, default=256)
+    ap.add_argument("--shape", default="mid", choices=sorted(SHAPES), help="model widths (see SHAPES)")
+    ap.add_argument("--n-gpu-layers", type=int, default=-1, help="as Model(n_gpu_layers=...); 0: CPU only")
     ap.add_argument("--prompt", type=int, default=64)
     ap.add_argument("--outtype", default="f32", choices=["f32", "f16", "bf16", "q8_0"])
     ap.add_argument("--cache", default=str(HERE / ".cache"), help="where the model is built and converted")
@@ -56,8 +69,9 @@ def prepare(args: argparse.Namespace) -> tuple[Path, Path, np.ndarray]:
 
     cache = Path(args.cache)
     cache.mkdir(parents=True, exist_ok=True)
-    ckpt = build_checkpoint(cache / f"ckpt-v{args.vocab}-c{args.canvas}", args.vocab, args.canvas)
-    gguf = cache / f"bench-v{args.vocab}-c{args.canvas}-{args.outtype}.gguf"
+    tag = "" if args.shape == "mid" else f"-{args.shape}"
+    ckpt = build_checkpoint(cache / f"ckpt{tag}-v{args.vocab}-c{args.canvas}", args.vocab, args.canvas, args.shape)
+    gguf = cache / f"bench{tag}-v{args.vocab}-c{args.canvas}-{args.outtype}.gguf"
     if not gguf.exists():
         convert(ckpt, gguf, args.outtype)
     prompt = np.random.default_rng(0).integers(0, args.vocab, args.prompt).astype(np.int32)
@@ -88,13 +102,13 @@ def main() -> int:
     canvas = np.random.default_rng(1).integers(0, args.vocab, args.canvas).astype(np.int32)
     res: dict[str, object] = {
         "machine": f"{platform.machine()} {os.cpu_count()} cpus, {platform.processor() or platform.platform()}",
-        "backend": "CPU", "threads": args.threads, "weights": args.outtype, "vocab": args.vocab,
+        "shape": args.shape, "threads": args.threads, "weights": args.outtype, "vocab": args.vocab,
         "canvas": args.canvas, "prompt": args.prompt, "repeats": args.repeats,
     }
 
-    model = _core.Model(str(gguf))
-
+    model = _core.Model(str(gguf), args.n_gpu_layers)
     ctx = _core.Context(model, n_ctx=args.prompt + 2 * args.canvas, n_threads=args.threads)
+    res["backend"] = ctx.memory()["device"]
 
     def engine_encode():
         ctx.truncate(0)

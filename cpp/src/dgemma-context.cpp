@@ -9,6 +9,10 @@
 #include "ggml-cpu.h"
 
 #include <algorithm>
+#include <cstdio>
+#include <cstdlib>
+#include <map>
+#include <string>
 #include <cmath>
 #include <thread>
 
@@ -212,6 +216,25 @@ private:
     void alloc(ggml_cgraph * gf) {
         ggml_backend_sched_reset(sched_);
         if (!ggml_backend_sched_alloc_graph(sched_, gf)) throw error("cannot allocate the compute graph (out of memory?)");
+        if (m_->backend_gpu) report_placement(gf);
+    }
+
+    // With a GPU, a node the GPU backend does not support silently runs on the CPU (and its inputs are
+    // copied across every step). Logged at debug level, and on stderr with DGEMMA_SCHED_REPORT set.
+    void report_placement(ggml_cgraph * gf) const {
+        static const bool to_stderr = std::getenv("DGEMMA_SCHED_REPORT") != nullptr;
+        std::map<std::string, int> on_cpu;
+        const int n = ggml_graph_n_nodes(gf);
+        for (int i = 0; i < n; i++) {
+            ggml_tensor * t = ggml_graph_node(gf, i);
+            if (ggml_backend_sched_get_tensor_backend(sched_, t) == m_->backend_cpu) on_cpu[ggml_op_desc(t)]++;
+        }
+        std::string ops;
+        for (const auto & [op, c] : on_cpu) ops += " " + op + "x" + std::to_string(c);
+        const int splits = ggml_backend_sched_get_n_splits(sched_);
+        log_msg(LOG_DEBUG, "graph: %d nodes, %d splits, on the CPU:%s", n, splits, ops.empty() ? " none" : ops.c_str());
+        if (to_stderr) fprintf(stderr, "dgemma sched: %d nodes, %d splits, on the CPU:%s\n", n, splits,
+                               ops.empty() ? " none" : ops.c_str());
     }
 
     void compute(ggml_cgraph * gf) {

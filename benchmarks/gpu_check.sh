@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# The prepared GPU check, one call on a GPU machine without internet (ten minutes at most):
+#   1. builds the engine with CUDA for sm_90 from the ggml source carried in .gpu/ (benchmarks/gpu_prepare.sh
+#      puts it there, with the wheels the machine lacks);
+#   2. runs the test suite with the GPU build: every model loads onto the GPU (n_gpu_layers=-1 by default),
+#      so the parity tests check the CUDA kernels against transformers;
+#   3. reports which graph nodes the scheduler leaves on the CPU (DGEMMA_SCHED_REPORT);
+#   4. times decoder steps and whole canvases: the mid-size proxy with the real vocabulary, then the real
+#      widths with two layers (sliding + full), next to transformers on the same GPU.
+# Every phase has a deadline inside BUDGET_S (default 540 s) and writes to $OUT as it goes, so a slow phase
+# costs only itself. Usage (from the repository root): OUT=dir bash benchmarks/gpu_check.sh
+set -uo pipefail
+OUT=${OUT:-$PWD/gpu-check-out}
+mkdir -p "$OUT"
+R=$OUT/report.txt
+T0=$(date +%s)
+BUDGET_S=${BUDGET_S:-540}
+left() { echo $(( BUDGET_S - ($(date +%s) - T0) )); }
+say() { echo "[$(( $(date +%s) - T0 ))s] $*" | tee -a "$R"; }
+phase() {  # phase NAME MAX_S MIN_LEFT_AFTER CMD...: runs CMD with a deadline that keeps MIN_LEFT_AFTER seconds
+  local name=$1 max=$2 keep=$3; shift 3
+  local t=$(( $(left) - keep )); [ "$t" -gt "$max" ] && t=$max
+  if [ "$t" -lt 20 ]; then say "$name: skipped (no time left)"; return 1; fi
+  say "$name: start (deadline ${t}s)"
+  local s=$(date +%s)
+  timeout -k 5 "$t" "$@" >"$OUT/$name.log" 2>&1
+  local rc=$?
+  say "$name: rc=$rc in $(( $(date +%s) - s ))s"; tail -n 25 "$OUT/$name.log" >>"$R"
+  return $rc
+}
+
+say "gpu_check $(date -u +%FT%TZ) commit $(git rev-parse --short HEAD 2>/dev/null || echo '?')"
+nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv,noheader 2>&1 | tee -a "$R"
+say "cpu: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2)"
+[ -d .gpu/ggml ] || { say "error: .gpu/ggml is missing: run benchmarks/gpu_prepare.sh here first and carry .gpu"; exit 1; }
+
+python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/dgemma-site .gpu/whl/*.whl >>"$R" 2>&1
+export PYTHONPATH=$PWD/src:/tmp/dgemma-site
+export PYTHONUNBUFFERED=1
+
+phase configure 120 400 cmake -S . -B build/gpu -G Ninja -DGGML_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90 \
+  -DDGEMMA_BUILD_PYTHON=ON -DCMAKE_BUILD_TYPE=Release -DDGEMMA_GGML_SOURCE_DIR="$PWD/.gpu/ggml" \
+  -Dpybind11_DIR="$(python3 -m pybind11 --cmakedir)" || exit 1
+phase build 420 120 ninja -C build/gpu -j "$(nproc)" _core || exit 1
+cp build/gpu/_core*.so src/pygguf_diffusion/
+python3 -c "from pygguf_diffusion import _core; print('gpu backends:', _core.gpu_backends(), _core.version())" 2>&1 | tee -a "$R"
+
+# the suite, files spread over workers; test_build needs the package index, the terminal tests tmux
+phase tests 200 100 python3 -m pytest tests -q -p no:cacheprovider -n 8 --dist loadfile --timeout 150 \
+  --ignore tests/test_build.py -o addopts="-ra --strict-markers"
+
+export DGEMMA_SCHED_REPORT=1
+C=/tmp/dgemma-bench
+phase step_mid 60 70 python3 benchmarks/bench_step.py --cache $C --threads 8 --no-reference --repeats 15
+phase gen_mid 60 60 python3 benchmarks/bench_generate.py --cache $C --threads 8 --steps 16 --repeats 3 \
+  --ref-device cuda
+phase step_real2 150 15 python3 benchmarks/bench_generate.py --cache $C --threads 8 --shape real2 \
+  --outtype bf16 --steps 16 --repeats 3 --ref-device cuda --ref-dtype bfloat16
+nvidia-smi --query-gpu=memory.used --format=csv,noheader >>"$R" 2>&1
+say "done"
