@@ -113,15 +113,15 @@ def test_truncated_shard_leaves_no_output(ckpt_copy, tmp_path):
 
 def test_interrupted_conversion_leaves_no_partial_file(checkpoint, tmp_path, monkeypatch):
     calls = {"n": 0}
-    real = converter_mod.encode
+    real = converter_mod.encode_rows
 
-    def interrupted(rows, qtype):
+    def interrupted(*args):
         calls["n"] += 1
         if calls["n"] == 20:
             raise KeyboardInterrupt
-        return real(rows, qtype)
+        return real(*args)
 
-    monkeypatch.setattr(converter_mod, "encode", interrupted)
+    monkeypatch.setattr(converter_mod, "encode_rows", interrupted)
     with pytest.raises(KeyboardInterrupt):
         convert(checkpoint("spec9"), tmp_path / "o.gguf", "f16")
     assert calls["n"] == 20
@@ -139,7 +139,7 @@ def test_refuses_to_overwrite_without_force(checkpoint, tmp_path):
 
 
 def test_bad_outtype(checkpoint, tmp_path):
-    with pytest.raises(ConversionError, match="unsupported --outtype 'q3_x'"):
+    with pytest.raises(ConversionError, match="--outtype q3_x: unsupported type or mix 'q3_x'; choose a mix"):
         convert(checkpoint("spec9"), tmp_path / "o.gguf", "q3_x")
 
 
@@ -160,8 +160,14 @@ def test_cli_success_and_errors(checkpoint, tmp_path):
     assert "error: cannot convert:" in missing.stderr and "not a directory" in missing.stderr
     assert "Traceback" not in missing.stderr
 
-    bad_type = run_cli(str(checkpoint("explicit")), "--outtype", "q4_k")
-    assert bad_type.returncode == 2 and "invalid choice" in bad_type.stderr
+    bad_type = run_cli(str(checkpoint("explicit")), "--outtype", "q4_z")
+    assert bad_type.returncode == 2
+    assert bad_type.stderr.startswith("error: --outtype q4_z: unsupported type or mix 'q4_z'; choose a mix (Q8_0")
+    bad_override = run_cli(str(checkpoint("explicit")), "--tensor-type", "attn_q")
+    assert bad_override.returncode == 2 and "expected PATTERN=TYPE" in bad_override.stderr
+    bad_regex = run_cli(str(checkpoint("explicit")), "--tensor-type", "attn_(q=q8_0")
+    assert bad_regex.returncode == 2 and "bad pattern" in bad_regex.stderr
+    assert not list(checkpoint("explicit").glob("*.gguf"))
 
 
 def test_root_script_is_the_same_command(checkpoint, tmp_path):

@@ -179,6 +179,28 @@ struct step_params {
     draw_params draw;                    // the categorical sample of decode_step_reduced
 };
 
+// ---- quantization (ggml's own routines: byte-identical to llama.cpp's llama-quantize) ----------------
+struct quant_type_info {
+    int         id = 0;           // ggml_type (the GGUF tensor type id)
+    std::string name;             // ggml's name: "q4_K", "iq2_xxs", "bf16", ...
+    int64_t     block_size = 0;   // values per block: a row length must be a multiple of it
+    size_t      type_size = 0;    // bytes per block
+    bool        is_quantized = false;
+    bool        can_quantize = false;    // ggml has an encoder (quantize_rows accepts it)
+    bool        can_dequantize = false;  // ggml has a decoder to f32
+    bool        needs_imatrix = false;   // ggml refuses it without an importance matrix
+};
+// Every type this ggml knows.
+std::vector<quant_type_info> quant_types();
+// Encodes nrows rows of n_per_row floats as `type` into dst (nrows * row size bytes), the rows split over
+// n_threads; imatrix: n_per_row importance weights (the mean squared activation of each column) or null.
+// Returns the bytes written. Throws dgemma::error for an unknown type, a row length the type's block
+// does not divide, a type that needs an importance matrix without one, or output ggml finds invalid.
+size_t quantize_rows(int type, const float * src, void * dst, int64_t nrows, int64_t n_per_row,
+                     const float * imatrix, int n_threads);
+// Decodes nrows rows of `type` into floats.
+void dequantize_rows(int type, const void * src, float * dst, int64_t nrows, int64_t n_per_row, int n_threads);
+
 // GPU devices this build can place weights on, by name (empty: CPU only).
 std::vector<std::string> gpu_devices();
 

@@ -464,6 +464,71 @@ PYBIND11_MODULE(_core, m) {
         return vocab_dict(v);
     }, py::arg("path"), "The tokenizer arrays of a GGUF (a model or a vocabulary-only file).");
 
+    // ---- quantization ----------------------------------------------------------------------------------
+    m.def("quant_types", []() {
+        py::list out;
+        for (const auto & q : dgemma::quant_types()) {
+            py::dict d;
+            d["id"] = q.id;
+            d["name"] = q.name;
+            d["block_size"] = q.block_size;
+            d["type_size"] = q.type_size;
+            d["is_quantized"] = q.is_quantized;
+            d["can_quantize"] = q.can_quantize;
+            d["can_dequantize"] = q.can_dequantize;
+            d["needs_imatrix"] = q.needs_imatrix;
+            out.append(d);
+        }
+        return out;
+    }, "Every ggml type this build knows, with its block geometry and what ggml can do with it.");
+    m.def("quantize", [](int type, py::array_t<float, py::array::c_style | py::array::forcecast> rows,
+                         std::optional<py::array_t<float, py::array::c_style | py::array::forcecast>> imatrix,
+                         int n_threads) {
+        if (rows.ndim() != 2) throw dgemma::error("quantize: rows must be a 2-D array (rows, values per row)");
+        const int64_t nrows = rows.shape(0), n_per_row = rows.shape(1);
+        const float * im = nullptr;
+        if (imatrix) {
+            if (imatrix->ndim() != 1 || imatrix->shape(0) != n_per_row) {
+                throw dgemma::error("quantize: the importance matrix row has " + std::to_string(imatrix->size()) +
+                                    " values; the tensor's rows have " + std::to_string(n_per_row));
+            }
+            im = imatrix->data();
+        }
+        if (n_threads < 1 || n_threads > 512) throw dgemma::error("quantize: n_threads must be in [1, 512]");
+        // the row size (and the checks) first, so a bad type or shape fails before allocating
+        size_t row_size = 0;
+        for (const auto & q : dgemma::quant_types()) {
+            if (q.id == type) row_size = q.type_size * (size_t) (n_per_row / std::max<int64_t>(1, q.block_size));
+        }
+        py::array_t<uint8_t> out((py::ssize_t) (row_size * (size_t) nrows));
+        {
+            py::gil_scoped_release release;
+            dgemma::quantize_rows(type, rows.data(), out.mutable_data(), nrows, n_per_row, im, n_threads);
+        }
+        return out;
+    }, py::arg("type"), py::arg("rows"), py::arg("imatrix") = py::none(), py::arg("n_threads") = 1,
+       "Encode float rows as ggml type `type` (an id) with ggml's quantizer; returns the bytes (uint8 array).");
+    m.def("dequantize", [](int type, py::array_t<uint8_t, py::array::c_style | py::array::forcecast> data,
+                           int64_t nrows, int64_t n_per_row, int n_threads) {
+        size_t row_size = 0;
+        for (const auto & q : dgemma::quant_types()) {
+            if (q.id == type) row_size = q.type_size * (size_t) (n_per_row / std::max<int64_t>(1, q.block_size));
+        }
+        if (nrows < 0 || (size_t) data.size() != row_size * (size_t) nrows || row_size == 0) {
+            throw dgemma::error("dequantize: " + std::to_string(data.size()) + " bytes do not hold " +
+                                std::to_string(nrows) + " rows of " + std::to_string(n_per_row) +
+                                " values of type id " + std::to_string(type));
+        }
+        if (n_threads < 1 || n_threads > 512) throw dgemma::error("dequantize: n_threads must be in [1, 512]");
+        py::array_t<float> out({(py::ssize_t) nrows, (py::ssize_t) n_per_row});
+        {
+            py::gil_scoped_release release;
+            dgemma::dequantize_rows(type, data.data(), out.mutable_data(), nrows, n_per_row, n_threads);
+        }
+        return out;
+    }, py::arg("type"), py::arg("data"), py::arg("nrows"), py::arg("n_per_row"), py::arg("n_threads") = 1,
+       "Decode rows of ggml type `type` (an id) into a float32 array (nrows, n_per_row).");
+
     m.def("version", &dgemma::version);
     m.def("ggml_version", &dgemma::ggml_version);
 

@@ -1,8 +1,5 @@
-"""Hugging Face DiffusionGemma checkpoint -> GGUF (the schema of ../shared/GGUF_SCHEMA.md)."""
-from __future__ import annotations
-
+"""Hugging Face DiffusionGemma checkpoint -> GGUF (dgemma-convert, convert_hf_to_gguf.py)."""
 from .converter import convert
 from .errors import ConversionError
-from .type_policy import OutType
 
-__all__ = ["ConversionError", "OutType", "convert"]
+__all__ = ["ConversionError", "convert"]

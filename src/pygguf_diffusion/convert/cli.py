@@ -3,22 +3,12 @@ from __future__ import annotations
 
 import argparse
 import logging
-import signal
 import sys
 
 from .converter import convert
 from .errors import ConversionError
-from .type_policy import OutType
-
-
-class _Terminated(BaseException):
-    def __init__(self, signum: int) -> None:
-        super().__init__(signum)
-        self.signum = signum
-
-
-def _raise_terminated(signum: int, _frame: object) -> None:
-    raise _Terminated(signum)
+from .._signals import Terminated, raise_on_termination
+from ..quant.policy import MIXES, Policy, parse_override, target_names
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -28,8 +18,14 @@ def main(argv: list[str] | None = None) -> int:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     ap.add_argument("model", help="checkpoint directory (config.json, *.safetensors, tokenizer.json, ...)")
     ap.add_argument("--outfile", help="output path (default: <model>/<name>-<OUTTYPE>.gguf)")
-    ap.add_argument("--outtype", default="bf16", choices=[t.value for t in OutType],
-                    help="weight type of the matrices; norms, scales and the router always stay f32")
+    ap.add_argument("--outtype", default="bf16", metavar="TYPE_OR_MIX",
+                    help="a mix (" + ", ".join(MIXES) + ") or one type for every matrix ("
+                    + ", ".join(target_names()[len(MIXES):]) + "); norms, scales and the router always stay f32")
+    ap.add_argument("--tensor-type", action="append", default=[], metavar="PATTERN=TYPE",
+                    help="store tensors whose name matches the regular expression PATTERN as TYPE (first match "
+                    "wins), e.g. 'ffn_down_exps=q6_K'; repeatable")
+    ap.add_argument("--imatrix", help="importance matrix GGUF from dgemma-imatrix (needed by the IQ2/IQ3 types)")
+    ap.add_argument("--threads", type=int, help="quantization threads (default: all available cores)")
     ap.add_argument("--force", action="store_true", help="overwrite an existing output file")
     ap.add_argument("--name", help="general.name to record (default: the directory name)")
     ap.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -37,26 +33,37 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s: %(message)s", stream=sys.stderr)
-    # SIGTERM/SIGHUP end the process without unwinding by default, which left the half-written temporary
-    # file behind; as an exception they run the converter's cleanup (SIGKILL's are removed by the next run)
-    for sig in (signal.SIGTERM, getattr(signal, "SIGHUP", None)):
-        if sig is not None:
-            signal.signal(sig, _raise_terminated)
+    raise_on_termination()
+    if args.threads is not None and not 1 <= args.threads <= 512:
+        print(f"error: --threads {args.threads}: must be in [1, 512]", file=sys.stderr)
+        return 2
+    summaries = []
+    try:
+        overrides = [parse_override(s) for s in args.tensor_type]
+        Policy(args.outtype, 1, overrides)  # a usage error, before reading the checkpoint
+    except ValueError as e:
+        where = "" if str(e).startswith("--tensor-type") else f"--outtype {args.outtype}: "
+        print(f"error: {where}{e}", file=sys.stderr)
+        return 2
     try:
         out = convert(args.model, args.outfile, args.outtype, force=args.force,
-                      progress=not args.no_progress and sys.stderr.isatty(), name=args.name)
+                      progress=not args.no_progress and sys.stderr.isatty(), name=args.name,
+                      tensor_types=overrides, imatrix=args.imatrix, n_threads=args.threads,
+                      report=summaries.append)
     except ConversionError as e:
         print(f"error: cannot convert: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("error: interrupted: no output was written", file=sys.stderr)
         return 130
-    except _Terminated as e:
+    except Terminated as e:
         print(f"error: terminated by signal {e.signum}: no output was written", file=sys.stderr)
         return 128 + e.signum
     except OSError as e:
         print(f"error: cannot convert: {e}\n  check the paths and free disk space", file=sys.stderr)
         return 1
+    for sm in summaries:
+        print(sm.text(), file=sys.stderr)
     print(out)
     return 0
 

@@ -4,25 +4,29 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
-import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from gguf import GGUF_DEFAULT_ALIGNMENT, GGMLQuantizationType, GGUFValueType, GGUFWriter
 
+from .._progress import progress_bar
+from ..atomic_output import atomic_output
+from ..quant.encode import chunks, default_threads, encode_rows
+from ..quant.imatrix import Imatrix
+from ..quant.policy import Policy, TensorClass
+from ..quant.qtypes import QType
+from ..quant.summary import WriteSummary
 from . import tensor_map
 from .errors import ConversionError
 from .hf_config import ModelParams, load_params
 from .safetensors_reader import TensorRef, index_checkpoint
-from .type_policy import OutType, choose_type, encode, nbytes
 from .vocab import load_vocab
 
 logger = logging.getLogger(__name__)
 
 ARCH = "diffusion-gemma"
-CHUNK_BYTES = 64 * 2**20  # float32 working set per write
 _ARRAY, _INT32, _BOOL, _STRING, _FLOAT32 = (GGUFValueType.ARRAY, GGUFValueType.INT32, GGUFValueType.BOOL,
                                             GGUFValueType.STRING, GGUFValueType.FLOAT32)
 
@@ -31,14 +35,20 @@ _ARRAY, _INT32, _BOOL, _STRING, _FLOAT32 = (GGUFValueType.ARRAY, GGUFValueType.I
 class _Planned:
     name: str
     shape: tuple[int, ...]  # numpy order
-    qtype: GGMLQuantizationType
+    qtype: QType
+    cls: TensorClass
+    reason: str | None        # why qtype is not what the mix asked for
     source: TensorRef | None  # None: generated (rope_freqs)
 
+    @property
+    def nbytes(self) -> int:
+        return int(np.prod(self.shape[:-1], dtype=np.int64)) * self.qtype.row_bytes(self.shape[-1])
 
-def _write_metadata(w: GGUFWriter, p: ModelParams, out: OutType, name: str, model_dir: Path) -> None:
+
+def _write_metadata(w: GGUFWriter, p: ModelParams, policy: Policy, name: str, model_dir: Path) -> None:
     A = ARCH
     w.add_string("general.name", name)
-    w.add_uint32("general.file_type", out.file_type)
+    w.add_uint32("general.file_type", policy.file_type)
     w.add_uint32("general.quantization_version", 2)
     w.add_uint32(f"{A}.block_count", p.n_layer)
     w.add_uint32(f"{A}.context_length", p.n_ctx_train)
@@ -94,7 +104,7 @@ def _write_metadata(w: GGUFWriter, p: ModelParams, out: OutType, name: str, mode
         logger.warning("%s: no chat template found (chat_template.jinja or tokenizer_config.json)", model_dir)
 
 
-def _plan(p: ModelParams, refs: dict[str, TensorRef], out: OutType, model_dir: Path) -> list[_Planned]:
+def _plan(p: ModelParams, refs: dict[str, TensorRef], policy: Policy, model_dir: Path) -> list[_Planned]:
     expected = tensor_map.expected_tensors(p)
     found: dict[str, TensorRef] = {}
     unknown: list[str] = []
@@ -125,7 +135,8 @@ def _plan(p: ModelParams, refs: dict[str, TensorRef], out: OutType, model_dir: P
         if ref is not None and tuple(ref.shape) != spec.shape:
             raise ConversionError(f"{ref.file}: tensor {ref.name!r} has shape {list(ref.shape)}, expected "
                                   f"{list(spec.shape)} from config.json")
-        plan.append(_Planned(name, spec.shape, choose_type(name, spec.shape, spec.vector, out), ref))
+        c = policy.choose(name, 1 if spec.vector else len(spec.shape), spec.shape[-1])
+        plan.append(_Planned(name, spec.shape, c.qtype, c.cls, c.reason, ref))
     return plan
 
 
@@ -135,19 +146,20 @@ def _pad(f, align: int) -> None:
         f.write(b"\0" * pad)
 
 
-def _write_tensor(f, t: _Planned, data: np.ndarray | None, progress) -> None:
-    qtype = t.qtype
+def _write_tensor(f, t: _Planned, data: np.ndarray | None, imatrix: Imatrix | None, n_threads: int,
+                  progress: Callable[[int], None]) -> None:
+    ncol = t.shape[-1]
     if data is not None:  # generated
-        f.write(encode(data.reshape(-1, t.shape[-1]), qtype))
+        f.write(encode_rows(data.reshape(-1, ncol), t.qtype, None, n_threads))
         progress(int(np.prod(t.shape)))
         return
     ref = t.source
     assert ref is not None
-    ncol = t.shape[-1]
-    rows_per_chunk = max(1, CHUNK_BYTES // (4 * ncol))
-    for r0 in range(0, ref.n_rows, rows_per_chunk):
-        rows = ref.read_f32(r0, r0 + rows_per_chunk)
-        f.write(encode(rows, qtype))
+    importance = imatrix.for_tensor(t.name, t.shape) if imatrix is not None and t.qtype.is_quantized else None
+    rows_per_matrix = t.shape[-2] if len(t.shape) == 3 else ref.n_rows
+    for r0, r1, m in chunks(ref.n_rows, rows_per_matrix, ncol):
+        rows = ref.read_f32(r0, r1)
+        f.write(encode_rows(rows, t.qtype, None if importance is None else importance[m], n_threads))
         progress(rows.size)
 
 
@@ -164,122 +176,74 @@ def _refuse_an_input_as_output(outfile: Path, model_dir: Path, refs: dict[str, T
 
 
 def convert(model_dir: str | os.PathLike[str], outfile: str | os.PathLike[str] | None = None,
-            outtype: str | OutType = OutType.BF16, *, force: bool = False, progress: bool = False,
-            name: str | None = None) -> Path:
+            outtype: str = "bf16", *, force: bool = False, progress: bool = False,
+            name: str | None = None, tensor_types: list[tuple[str, str]] | None = None,
+            imatrix: str | os.PathLike[str] | None = None, n_threads: int | None = None,
+            report: Callable[[WriteSummary], None] | None = None) -> Path:
     """Convert a Hugging Face DiffusionGemma checkpoint directory into a GGUF file and return its path.
 
-    Memory stays bounded by a chunk of rows (CHUNK_BYTES), whatever the model size. The output appears
-    only when complete; an error or interruption leaves no partial file.
+    outtype: a uniform type (f32, f16, bf16, q8_0, q4_k, iq4_xs, ...) or a mix (Q4_K_M, ...; see
+    pygguf_diffusion.quant.policy); tensor_types: (pattern, type) overrides; imatrix: an importance matrix
+    GGUF (needed by the IQ2/IQ3 types). Memory stays bounded by a chunk of rows, whatever the model size.
+    The output appears only when complete; an error or interruption leaves no partial file. report, if
+    given, receives the closing summary (size, bits per weight, types per tensor class, fallbacks).
     """
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
         raise ConversionError(f"{model_dir}: not a directory; pass a Hugging Face checkpoint directory")
+    p = load_params(model_dir)
     try:
-        out = OutType(outtype)
+        policy = Policy(str(outtype), p.n_layer, tensor_types)
     except ValueError as e:
-        raise ConversionError(f"unsupported --outtype {outtype!r}; choose one of "
-                              f"{', '.join(t.value for t in OutType)}") from e
+        raise ConversionError(f"--outtype {outtype}: {e}") from None
+    imat = _load_imatrix(imatrix, policy)
     if outfile is None:
-        outfile = model_dir / f"{model_dir.name}-{out.value.upper()}.gguf"
+        outfile = model_dir / f"{model_dir.name}-{policy.name.upper()}.gguf"
     outfile = Path(outfile)
     if outfile.exists() and not force:
         raise ConversionError(f"{outfile}: already exists; pass --force to overwrite it")
-    if not outfile.parent.is_dir():
-        raise ConversionError(f"{outfile.parent}: output directory does not exist")
-    p = load_params(model_dir)
-
     refs = index_checkpoint(model_dir)
     _refuse_an_input_as_output(outfile, model_dir, refs)
-    plan = _plan(p, refs, out, model_dir)
+    plan = _plan(p, refs, policy, model_dir)
     total = sum(int(np.prod(t.shape)) for t in plan)
+    threads = n_threads or default_threads()
 
-    _remove_stale_parts(outfile)
-    prefix = f".{outfile.name}.{os.getpid()}."
-    try:
-        fd, tmp_name = tempfile.mkstemp(prefix=prefix, suffix=".part", dir=outfile.parent)
-        tmp = Path(tmp_name)
-        os.close(fd)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; the output is an ordinary new file
+    summary = WriteSummary(path=str(outfile), target=policy.name)
+    with atomic_output(outfile, force, ConversionError) as tmp:
         w = GGUFWriter(tmp, ARCH)
-        _write_metadata(w, p, out, name or model_dir.name, model_dir)
+        _write_metadata(w, p, policy, name or model_dir.name, model_dir)
         for t in plan:
-            w.add_tensor_info(t.name, t.shape, np.dtype(np.float32), nbytes(t.shape, t.qtype),
-                              raw_dtype=t.qtype)
+            w.add_tensor_info(t.name, t.shape, np.dtype(np.float32), t.nbytes,
+                              raw_dtype=GGMLQuantizationType(t.qtype.id))
         w.write_header_to_file()
         w.write_kv_data_to_file()
         w.write_ti_data_to_file()
         assert w.fout is not None
         f = w.fout[0]
-        bar = _progress_bar(total, progress)
+        bar = progress_bar(total, progress, "converting")
         for t in plan:
             _pad(f, GGUF_DEFAULT_ALIGNMENT)
             generated = np.asarray(tensor_map.rope_freqs(p), dtype=np.float32) if t.source is None else None
-            _write_tensor(f, t, generated, bar.update)
+            _write_tensor(f, t, generated, imat, threads, bar.update)
+            summary.add(t.name, t.cls, t.qtype.name, int(np.prod(t.shape)), t.nbytes, t.reason)
         _pad(f, GGUF_DEFAULT_ALIGNMENT)
-        f.flush()
-        os.fsync(f.fileno())
         w.close()
         bar.close()
-        if outfile.exists() and not force:  # appeared while we were converting
-            raise ConversionError(f"{outfile}: already exists; pass --force to overwrite it")
-        os.replace(tmp, outfile)
-    except BaseException:
-        # by pattern, not by `tmp`: a signal can land between mkstemp and the assignment
-        for part in outfile.parent.glob(f"{prefix}*.part"):
-            part.unlink(missing_ok=True)
-        raise
-    logger.info("wrote %s (%d tensors, %.1f MiB)", outfile, len(plan), outfile.stat().st_size / 2**20)
+    summary.file_bytes = outfile.stat().st_size
+    logger.info("%s", summary.text())
+    if report is not None:
+        report(summary)
     return outfile
 
 
-def _remove_stale_parts(outfile: Path) -> None:
-    """Temporary files are `.<name>.<pid>.<random>.part`: remove those of `outfile` whose writer is gone (a
-    run killed by SIGKILL or a power cut cannot clean up after itself)."""
-    for part in outfile.parent.glob(f".{outfile.name}.*.part"):
-        pid = part.name[len(outfile.name) + 2:].split(".", 1)[0]
-        if not pid.isdigit() or _alive(int(pid)):
-            continue
-        try:
-            part.unlink()
-            logger.info("removed %s, left by an interrupted conversion", part)
-        except OSError:
-            pass
-
-
-def _alive(pid: int) -> bool:
+def _load_imatrix(path: str | os.PathLike[str] | None, policy: Policy) -> Imatrix | None:
+    if path is None:
+        if policy.needs_imatrix:
+            raise ConversionError(f"{policy.name} needs an importance matrix (types "
+                                  f"{', '.join(sorted(t for t in policy.types_used() if t.startswith('iq')))}); "
+                                  "make one with dgemma-imatrix and pass --imatrix")
+        return None
     try:
-        os.kill(pid, 0)
-    except (ProcessLookupError, OverflowError):
-        return False
-    except OSError:
-        return True  # someone else's process (EPERM): leave its file
-    return True
-
-
-def _umask() -> int:
-    try:  # Linux >= 4.7 reports it without changing it
-        with open("/proc/self/status", encoding="ascii") as f:
-            for line in f:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except (OSError, ValueError):
-        pass
-    mask = os.umask(0o022)  # elsewhere the only way to read it is to set it (and put it straight back)
-    os.umask(mask)
-    return mask
-
-
-class _NoBar:
-    def update(self, n: int) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
-def _progress_bar(total: int, enabled: bool):
-    if not enabled:
-        return _NoBar()
-    from tqdm import tqdm
-
-    return tqdm(total=total, unit="w", unit_scale=True, desc="converting", file=sys.stderr, leave=True)
+        return Imatrix.load(path)
+    except (OSError, ValueError) as e:
+        raise ConversionError(f"{path}: cannot read the importance matrix: {e}") from None
