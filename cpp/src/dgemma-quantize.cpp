@@ -6,6 +6,7 @@
 #include "ggml.h"
 
 #include <algorithm>
+#include <cmath>
 #include <string>
 #include <thread>
 #include <vector>
@@ -99,6 +100,17 @@ size_t quantize_rows(int type, const float * src, void * dst, int64_t nrows, int
                     "dgemma-imatrix and pass --imatrix");
     }
     if (nrows == 0) return 0;
+    // ggml's encoders let a NaN through silently (q8_0's block scale ignores it, the value becomes an
+    // arbitrary integer): refuse non-finite input, naming where it is
+    for (int64_t r = 0; r < nrows; r++) {
+        const float * row = src + r * n_per_row;
+        for (int64_t i = 0; i < n_per_row; i++) {
+            if (!std::isfinite(row[i])) {
+                throw error("quantize: value " + std::to_string(row[i]) + " at row " + std::to_string(r) +
+                            ", column " + std::to_string(i) + " is not finite; the source tensor is corrupt");
+            }
+        }
+    }
     ggml_quantize_init(t);   // lookup tables of the IQ types, built once, before the threads share them
     const size_t row_size = ggml_row_size(t, n_per_row);
     split_rows(nrows, n_threads, [&](int64_t r0, int64_t r1) {
@@ -107,7 +119,7 @@ size_t quantize_rows(int type, const float * src, void * dst, int64_t nrows, int
     const size_t total = row_size * (size_t) nrows;
     if (!ggml_validate_row_data(t, dst, total)) {
         throw error(std::string("quantize: ggml produced invalid ") + ggml_type_name(t) +
-                    " data (non-finite input values?)");
+                    " data (values beyond the type's range?)");
     }
     return total;
 }

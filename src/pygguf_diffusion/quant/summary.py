@@ -32,7 +32,9 @@ class WriteSummary:
         return 8.0 * self.data_bytes / max(1, self.weights)
 
     def text(self) -> str:
-        lines = [f"wrote {self.path}: {self.file_bytes / 2**30:.2f} GiB ({self.file_bytes:,} bytes), "
+        size = (f"{self.file_bytes / 2**30:.2f} GiB" if self.file_bytes >= 2**30
+                else f"{self.file_bytes / 2**20:.2f} MiB")
+        lines = [f"wrote {self.path}: {size} ({self.file_bytes:,} bytes), "
                  f"{self.bits_per_weight:.2f} bits per weight over {self.weights:,} weights, {self.target}"]
         for cls in TensorClass:
             if cls not in self.by_class:
