@@ -28,6 +28,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <functional>
+#include <map>
 #include <memory>
 #include <optional>
 #include <stdexcept>
@@ -148,6 +149,17 @@ struct context_params {
 class model;    // weights on backends; shared by contexts, immutable after load
 class context_impl;
 
+// Per-column sums of squared input activations of every weight matrix a context's graphs multiply by,
+// for importance matrices (llama.cpp's imatrix statistics): for weight W with rows of K values,
+// sums[m * K + j] adds x_j^2 over every input row x that reached matrix m (m: the expert of an expert
+// tensor, else 0), and counts[m] the number of those rows.
+struct activation_entry {
+    int64_t row_length = 0;
+    std::vector<double>  sums;     // [n_mat][row_length]
+    std::vector<int64_t> counts;   // [n_mat]
+};
+using activation_stats = std::map<std::string, activation_entry>;
+
 // Loads and checks a GGUF (as inspect_gguf) and places its weights. On the CPU the weights are used
 // straight from the memory-mapped file. Throws dgemma::error.
 std::shared_ptr<model> load_model(const std::string & path, const model_params & params);
@@ -252,6 +264,12 @@ public:
     // against uniforms[i] in [0, 1). Each output holds C values; logits_out may be null.
     void decode_step_reduced(const int32_t * canvas, const step_params & sp, const float * uniforms,
                              int32_t * argmax, float * entropy, int32_t * sample, float * logits_out);
+
+    // While on, every encode and decoder step adds its matrix inputs to activations() (slower: the
+    // scheduler stops after each matrix product so its input can be read).
+    void collect_activations(bool on);
+    const activation_stats & activations() const;
+    void clear_activations();
 
 private:
     std::unique_ptr<context_impl> impl_;

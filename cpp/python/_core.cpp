@@ -404,6 +404,21 @@ PYBIND11_MODULE(_core, m) {
                  std::copy(v.begin(), v.end(), Vv.mutable_data());
                  return py::make_tuple(py::array_t<int32_t>(n, pos.data()), K, Vv);
              }, py::arg("layer"), "(positions, K, V) of a layer as the decoder sees them; K, V: [n, n_kv, hd].")
+        .def("collect_activations", &dgemma::context::collect_activations, py::arg("on"),
+             "While on, encodes and decoder steps add their matrix inputs to activations() (imatrix).")
+        .def("clear_activations", &dgemma::context::clear_activations)
+        .def("activations", [](const dgemma::context & c) {
+                 py::dict out;
+                 for (const auto & [name, e] : c.activations()) {
+                     const auto n_mat = (py::ssize_t) e.counts.size();
+                     py::array_t<double> sums({n_mat, (py::ssize_t) e.row_length});
+                     std::copy(e.sums.begin(), e.sums.end(), sums.mutable_data());
+                     py::array_t<int64_t> counts(n_mat);
+                     std::copy(e.counts.begin(), e.counts.end(), counts.mutable_data());
+                     out[py::str(name)] = py::make_tuple(sums, counts);
+                 }
+                 return out;
+             }, "weight name -> (sums of squared inputs [n_mat, row length], input rows per matrix [n_mat])")
         .def("truncate", &dgemma::context::truncate, py::arg("n"))
         .def_property_readonly("n_past", &dgemma::context::n_past)
         .def_property_readonly("n_ctx", &dgemma::context::n_ctx)

@@ -1,3 +1,4 @@
+#include "dgemma-activations.h"
 #include "dgemma-decoder.h"
 #include "dgemma-encoder.h"
 #include "dgemma-kv.h"
@@ -198,6 +199,9 @@ public:
     int64_t decoder_graph_builds() const { return dec_builds_; }
 
     const model_info & info() const { return m_->info; }
+    void collect_activations(bool on) { collecting_ = on; }
+    const activation_stats & activations() const { return activations_; }
+    void clear_activations() { activations_.clear(); }
     int32_t n_past() const { return kv_.n_past(); }
     int32_t n_ctx() const { return kv_.n_ctx(); }
 
@@ -239,6 +243,7 @@ private:
 
     void compute(ggml_cgraph * gf) {
         ggml_backend_cpu_set_n_threads(m_->backend_cpu, n_threads_);
+        ggml_backend_sched_set_eval_callback(sched_, collecting_ ? observe_activations : nullptr, &activations_);
         if (ggml_backend_sched_graph_compute(sched_, gf) != GGML_STATUS_SUCCESS) throw error("graph computation failed");
     }
 
@@ -256,6 +261,8 @@ private:
     bool have_previous_ = false;     // sc_state holds this canvas's previous processed logits
     bool sc_finite_ = false;         // sc_state is known finite (zeroed, or written by a step of our own)
     int64_t dec_builds_ = 0;         // decoder graphs built so far (graph reuse is observable)
+    bool collecting_ = false;        // imatrix statistics: the scheduler's eval callback adds to activations_
+    activation_stats activations_;
 };
 
 context::context(std::shared_ptr<model> m, const context_params & params)
@@ -281,6 +288,9 @@ int64_t context::decoder_graph_builds() const { return impl_->decoder_graph_buil
 context_memory context::memory() const { return impl_->memory(); }
 int32_t context::n_threads() const { return impl_->n_threads(); }
 bool context::samples_on_cpu() const { return impl_->samples_on_cpu(); }
+void context::collect_activations(bool on) { impl_->collect_activations(on); }
+const activation_stats & context::activations() const { return impl_->activations(); }
+void context::clear_activations() { impl_->clear_activations(); }
 
 std::vector<std::string> gpu_devices() {
     std::vector<std::string> names;

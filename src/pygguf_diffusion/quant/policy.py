@@ -138,9 +138,23 @@ _UNIFORM_FILE_TYPE = {
 }
 
 
+def resolve_mix(key: str) -> Mix | None:
+    """The mix `key` names, or None for a type. Mix names are upper case as llama.cpp spells them (Q2_K,
+    Q4_K_M); a name with a lower-case letter that is also a type (q2_k, q4_K, iq2_xxs) means that type for
+    every matrix. Other spellings of a mix (q4_k_m) still name the mix."""
+    mix = next((m for m in MIXES.values() if m.name.lower() == key.lower()), None)
+    if mix is None or key == key.upper():
+        return mix
+    try:
+        qtypes.lookup(key)
+    except KeyError:
+        return mix
+    return None
+
+
 def target_names() -> list[str]:
-    """What --outtype / dgemma-quantize accept: the mixes, then the uniform types."""
-    return list(MIXES) + [t.lower() for t in qtypes.WRITABLE if t.lower() not in {m.lower() for m in MIXES}]
+    """What --outtype / dgemma-quantize accept: the mixes (upper case), then the uniform types (lower case)."""
+    return list(MIXES) + [t.lower() for t in qtypes.WRITABLE]
 
 
 @dataclass(frozen=True)
@@ -155,14 +169,14 @@ class Policy:
 
     def __init__(self, target: str, n_layer: int, overrides: list[tuple[str, str]] | None = None) -> None:
         key = target.strip()
-        mix = next((m for m in MIXES.values() if m.name.lower() == key.lower()), None)
+        mix = resolve_mix(key)
         if mix is None:
             try:
                 q = qtypes.lookup(key)
             except KeyError:
                 raise ValueError(f"unsupported type or mix {target!r}; choose a mix ({', '.join(MIXES)}) or a "
                                  f"type ({', '.join(target_names()[len(MIXES):])})") from None
-            mix = Mix(q.name.upper() if q.is_quantized else q.name, _UNIFORM_FILE_TYPE[q.name], q.name,
+            mix = Mix(q.name, _UNIFORM_FILE_TYPE[q.name], q.name,
                       summary=f"every matrix {q.name}")
         self.mix = mix
         self.n_layer = n_layer
