@@ -9,7 +9,16 @@ canvas states per prompt: the first denoising step (uniform random tokens, as ge
 f32 model's final answer canvas (where denoising ends), both with no self-conditioning, pooled over all
 positions and vocabulary entries: NMSE = sum((l - l_f32)^2) / sum(l_f32^2).
 
-    python benchmarks/quant_table.py [--n 300] [--mixes Q8_0,Q6_K,...] [--imatrix FILE] [--json out.json]
+    python benchmarks/quant_table.py [--n 300] [--mixes Q8_0,Q6_K,...] [--imatrix FILE|auto] [--json out.json]
+
+--model mid: the mid-size random model of bench_step.py at the real 262,144-token vocabulary (hidden 256,
+6 layers, 16 experts top-4; built once with transformers, cached in benchmarks/.cache) instead of the
+bundled model: sizes and logits error only (random weights have no task accuracy), on 4 random 64-token
+prompts with a random canvas each.
+
+--imatrix flat: every importance 1 (no information: the baseline for the types that need a matrix).
+--imatrix auto computes one with dgemma-imatrix's code on calibration questions of the three tasks (40 per
+task from another seed, none of them a test problem) and quantizes every listed mix with it.
 """
 from __future__ import annotations
 
@@ -46,9 +55,45 @@ def make(src: Path, out_dir: Path, target: str, imatrix: str | None = None) -> t
     from pygguf_diffusion.quant.requantize import requantize
 
     got = []
-    out = out_dir / f"tiny-{target}{'-imat' if imatrix else ''}.gguf"
+    out = out_dir / f"{src.stem}-{target}{'-imat' if imatrix else ''}.gguf"
     requantize(src, out, target, imatrix=imatrix, force=True, report=got.append)
     return out, got[0]
+
+
+def auto_imatrix(out_dir: Path) -> Path:
+    from pygguf_diffusion.quant.collect import imatrix_from_file
+
+    test = {q for task in T.TASKS for q, _ in T.held_out(task, 300, TEST_SEED)}
+    calib = out_dir / "tiny-calibration.txt"
+    calib.write_text("\n".join(q for task in T.TASKS for q, _ in T.held_out(task, 40, 99) if q not in test) + "\n")
+    return imatrix_from_file(bundled_f16(), calib, chat=True).save(out_dir / "tiny-imatrix.gguf")
+
+
+def flat_imatrix(src: Path, out_dir: Path) -> Path:
+    from gguf import GGUFReader
+
+    from pygguf_diffusion.quant.imatrix import Imatrix
+
+    im = Imatrix(datasets=["flat"])
+    for t in GGUFReader(src).tensors:
+        if len(t.shape) >= 2 and t.name.endswith(".weight"):
+            n_mat = int(t.shape[2]) if len(t.shape) == 3 else 1
+            im.add(t.name, np.ones((n_mat, int(t.shape[0]))), np.ones(n_mat))
+    return im.save(out_dir / "flat-imatrix.gguf")
+
+
+def mid_model() -> tuple[Path, list[tuple[list[int], np.ndarray]]]:
+    """The f32 GGUF of bench_step.py's mid-size model and random (prompt, canvas) states."""
+    import argparse as _a
+
+    from bench_step import prepare
+
+    _, gguf, _ = prepare(_a.Namespace(cache=str(HERE / ".cache"), vocab=262144, canvas=256, prompt=64,
+                                      outtype="f32", shape="mid"))
+    rng = np.random.default_rng(11)
+    states = [(rng.integers(0, 262144, 64).tolist(), rng.integers(0, 262144, 256).astype(np.int32))
+              for _ in range(4)]
+    return gguf, states
 
 
 def logit_prompts(n: int, seed: int) -> list[list[int]]:
@@ -85,7 +130,7 @@ def step_logits(gguf: Path, states: list[tuple[list[int], np.ndarray]], threads:
     from pygguf_diffusion import _core
 
     m = _core.Model(str(gguf), 0, False)
-    ctx = _core.Context(m, 256, 256, threads or 2)
+    ctx = _core.Context(m, 512, 512, threads or 2)
     out = []
     for prompt, canvas in states:
         ctx.truncate(0)
@@ -117,20 +162,33 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=TEST_SEED)
     ap.add_argument("--imatrix", default=None, help="importance matrix for every mix (and the IQ mixes)")
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--model", choices=["bundled", "mid"], default="bundled")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
 
     rows = []
     with tempfile.TemporaryDirectory() as td:
         tmp = Path(td)
-        ref, ref_sum = make(bundled_f16(), tmp, "f32")
-        states = canvases(ref, logit_prompts(N_LOGIT_PROMPTS, args.seed), args.threads)
+        if args.imatrix == "auto":
+            args.imatrix = str(auto_imatrix(tmp))
+        elif args.imatrix == "flat":
+            args.imatrix = str(flat_imatrix(bundled_f16(), tmp))
+        if args.model == "mid":
+            src, states = mid_model()
+            args.n = 0
+        else:
+            src = bundled_f16()
+        ref, ref_sum = make(src, tmp, "f32")
+        if args.model == "bundled":
+            states = canvases(ref, logit_prompts(N_LOGIT_PROMPTS, args.seed), args.threads)
         ref_logits = step_logits(ref, states, args.threads)
-        for target in ["f32", "f16"] + args.mixes.split(","):
+        for target in (["f32", "f16"] if not args.imatrix else []) + args.mixes.split(","):
             t0 = time.perf_counter()
-            path, sm = (ref, ref_sum) if target == "f32" else make(bundled_f16(), tmp, target, args.imatrix)
+            path, sm = (ref, ref_sum) if target == "f32" else make(src, tmp, target, args.imatrix)
             nmse, top1 = logit_error(ref_logits, step_logits(path, states, args.threads))
-            row = {"type": sm.target, "bytes": path.stat().st_size, "bpw": round(sm.bits_per_weight, 3),
+            tag = " +flat" if args.imatrix and "flat" in args.imatrix else " +imatrix"
+            row = {"type": sm.target + (tag if args.imatrix and target not in ("f32", "f16") else ""),
+                   "bytes": path.stat().st_size, "bpw": round(sm.bits_per_weight, 3),
                    "nmse": nmse, "top1": round(top1, 5)}
             if args.n:
                 row["acc"] = accuracy(path, args.n, args.seed, args.threads)

@@ -135,7 +135,7 @@ def _plan(p: ModelParams, refs: dict[str, TensorRef], policy: Policy, model_dir:
         if ref is not None and tuple(ref.shape) != spec.shape:
             raise ConversionError(f"{ref.file}: tensor {ref.name!r} has shape {list(ref.shape)}, expected "
                                   f"{list(spec.shape)} from config.json")
-        c = policy.choose(name, 1 if spec.vector else len(spec.shape), spec.shape[-1])
+        c = policy.choose(name, len(spec.shape), spec.shape[-1])  # the policy keeps vectors and the router f32
         plan.append(_Planned(name, spec.shape, c.qtype, c.cls, c.reason, ref))
     return plan
 

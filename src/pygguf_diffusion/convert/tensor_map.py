@@ -55,7 +55,6 @@ ROPE_FREQS = "rope_freqs.weight"
 class TensorSpec:
     gguf_name: str
     shape: tuple[int, ...]  # numpy order
-    vector: bool  # norms, scales, scalars: always stored f32
 
 
 def gguf_name(hf_name: str) -> str | None:
@@ -79,45 +78,44 @@ def expected_tensors(p: ModelParams) -> dict[str, TensorSpec]:
     """Every tensor the GGUF must contain, in the order they are written."""
     H, V, I, E, EI = p.n_embd, p.n_vocab, p.n_ff, p.n_expert, p.n_ff_expert
     specs = [
-        TensorSpec("token_embd.weight", (V, H), False),
-        TensorSpec("output_norm.weight", (H,), True),
-        TensorSpec(ROPE_FREQS, (p.head_dim_full // 2,), True),
-        TensorSpec("self_cond_pre_norm.weight", (H,), True),
-        TensorSpec("self_cond_gate.weight", (I, H), False),
-        TensorSpec("self_cond_up.weight", (I, H), False),
-        TensorSpec("self_cond_down.weight", (H, I), False),
+        TensorSpec("token_embd.weight", (V, H)),
+        TensorSpec("output_norm.weight", (H,)),
+        TensorSpec(ROPE_FREQS, (p.head_dim_full // 2,)),
+        TensorSpec("self_cond_pre_norm.weight", (H,)),
+        TensorSpec("self_cond_gate.weight", (I, H)),
+        TensorSpec("self_cond_up.weight", (I, H)),
+        TensorSpec("self_cond_down.weight", (H, I)),
     ]
     for il in range(p.n_layer):
         hd, nkv = p.head_dim[il], p.n_head_kv[il]
         b = f"blk.{il}."
         layer = [
-            TensorSpec(b + "attn_norm.weight", (H,), True),
-            TensorSpec(b + "attn_q.weight", (p.n_head * hd, H), False),
-            TensorSpec(b + "attn_k.weight", (nkv * hd, H), False),
+            TensorSpec(b + "attn_norm.weight", (H,)),
+            TensorSpec(b + "attn_q.weight", (p.n_head * hd, H)),
+            TensorSpec(b + "attn_k.weight", (nkv * hd, H)),
         ]
         if p.is_swa(il):
-            layer.append(TensorSpec(b + "attn_v.weight", (nkv * hd, H), False))
+            layer.append(TensorSpec(b + "attn_v.weight", (nkv * hd, H)))
         layer += [
-            TensorSpec(b + "attn_output.weight", (H, p.n_head * hd), False),
-            TensorSpec(b + "attn_q_norm.weight", (hd,), True),
-            TensorSpec(b + "attn_k_norm.weight", (hd,), True),
-            TensorSpec(b + "post_attention_norm.weight", (H,), True),
-            TensorSpec(b + "ffn_norm.weight", (H,), True),
-            TensorSpec(b + "ffn_gate.weight", (I, H), False),
-            TensorSpec(b + "ffn_up.weight", (I, H), False),
-            TensorSpec(b + "ffn_down.weight", (H, I), False),
-            TensorSpec(b + "post_ffw_norm_1.weight", (H,), True),
-            # the router stays f32 (a vector-class tensor for the type policy)
-            TensorSpec(b + "ffn_gate_inp.weight", (E, H), True),
-            TensorSpec(b + "ffn_gate_inp.scale", (H,), True),
-            TensorSpec(b + "pre_ffw_norm_2.weight", (H,), True),
-            TensorSpec(b + "ffn_gate_up_exps.weight", (E, 2 * EI, H), False),
-            TensorSpec(b + "ffn_down_exps.weight", (E, H, EI), False),
-            TensorSpec(b + "ffn_down_exps.scale", (E,), True),
-            TensorSpec(b + "post_ffw_norm_2.weight", (H,), True),
-            TensorSpec(b + "post_ffw_norm.weight", (H,), True),
-            TensorSpec(b + "layer_output_scale.weight", (1,), True),
-            TensorSpec(b + "enc_layer_output_scale.weight", (1,), True),
+            TensorSpec(b + "attn_output.weight", (H, p.n_head * hd)),
+            TensorSpec(b + "attn_q_norm.weight", (hd,)),
+            TensorSpec(b + "attn_k_norm.weight", (hd,)),
+            TensorSpec(b + "post_attention_norm.weight", (H,)),
+            TensorSpec(b + "ffn_norm.weight", (H,)),
+            TensorSpec(b + "ffn_gate.weight", (I, H)),
+            TensorSpec(b + "ffn_up.weight", (I, H)),
+            TensorSpec(b + "ffn_down.weight", (H, I)),
+            TensorSpec(b + "post_ffw_norm_1.weight", (H,)),
+            TensorSpec(b + "ffn_gate_inp.weight", (E, H)),
+            TensorSpec(b + "ffn_gate_inp.scale", (H,)),
+            TensorSpec(b + "pre_ffw_norm_2.weight", (H,)),
+            TensorSpec(b + "ffn_gate_up_exps.weight", (E, 2 * EI, H)),
+            TensorSpec(b + "ffn_down_exps.weight", (E, H, EI)),
+            TensorSpec(b + "ffn_down_exps.scale", (E,)),
+            TensorSpec(b + "post_ffw_norm_2.weight", (H,)),
+            TensorSpec(b + "post_ffw_norm.weight", (H,)),
+            TensorSpec(b + "layer_output_scale.weight", (1,)),
+            TensorSpec(b + "enc_layer_output_scale.weight", (1,)),
         ]
         specs += layer
     return {s.gguf_name: s for s in specs}
