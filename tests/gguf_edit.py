@@ -21,7 +21,8 @@ def rewrite(src: Path, dst: Path, *, drop_keys: tuple[str, ...] = (), set_keys: 
             drop_tensors: tuple[str, ...] = (), rename: dict[str, str] | None = None,
             edit_tensor: Callable[[str, np.ndarray], np.ndarray | None] | None = None,
             extra_tensors: dict[str, np.ndarray] | None = None,
-            split_gate_up: bool = False, raw_tensors: dict[str, tuple[np.ndarray, Any]] | None = None) -> Path:
+            split_gate_up: bool = False, raw_tensors: dict[str, tuple[np.ndarray, Any]] | None = None,
+            alignment: int | None = None) -> Path:
     """set_keys maps key -> (value, GGUFValueType[, sub type]) or a plain value keeping the old type.
     raw_tensors replaces a tensor by (uint8 bytes shaped [rows, bytes per row], GGMLQuantizationType)."""
     r = GGUFReader(src)
@@ -29,6 +30,9 @@ def rewrite(src: Path, dst: Path, *, drop_keys: tuple[str, ...] = (), set_keys: 
     if "general.architecture" in (set_keys or {}):
         arch = set_keys["general.architecture"]
     w = GGUFWriter(dst, arch)
+    if alignment is not None:
+        w.add_custom_alignment(alignment)
+        drop_keys = (*drop_keys, "general.alignment")
     set_keys = dict(set_keys or {})
     for name, field in r.fields.items():
         if name.startswith("GGUF.") or name == "general.architecture" or name in drop_keys:

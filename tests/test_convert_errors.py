@@ -11,6 +11,7 @@ import textwrap
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 from safetensors.numpy import load_file, save_file
 
@@ -111,7 +112,8 @@ def test_truncated_shard_leaves_no_output(ckpt_copy, tmp_path):
     assert outputs(out_dir) == []
 
 
-def test_interrupted_conversion_leaves_no_partial_file(checkpoint, tmp_path, monkeypatch):
+@pytest.mark.parametrize("name", ["o.gguf", "model[v2]*?.gguf"])  # glob characters in the name
+def test_interrupted_conversion_leaves_no_partial_file(checkpoint, tmp_path, monkeypatch, name):
     calls = {"n": 0}
     real = converter_mod.encode_rows
 
@@ -123,7 +125,7 @@ def test_interrupted_conversion_leaves_no_partial_file(checkpoint, tmp_path, mon
 
     monkeypatch.setattr(converter_mod, "encode_rows", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        convert(checkpoint("spec9"), tmp_path / "o.gguf", "f16")
+        convert(checkpoint("spec9"), tmp_path / name, "f16")
     assert calls["n"] == 20
     assert outputs(tmp_path) == []
 
@@ -243,3 +245,33 @@ def test_sigterm_or_sighup_mid_write_leaves_no_part_file(ckpt_copy, tmp_path, si
     assert p.returncode == 128 + signum, err
     assert f"error: terminated by signal {int(signum)}: no output was written" in err
     assert not out.exists() and not list(tmp_path.glob(".m.gguf.*"))
+
+
+def test_quantizer_refusals_name_the_tensor(checkpoint, tmp_path):
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(checkpoint("spec9"), ckpt)
+    st = next(ckpt.glob("*.safetensors"))
+    tensors = load_file(st)
+    key = next(k for k in tensors if k.endswith("layers.2.mlp.down_proj.weight"))
+    tensors[key][0, 0] = 1e6  # finite, but beyond f16's range
+    save_file(tensors, st, metadata={"format": "pt"})
+    with pytest.raises(ConversionError, match=r"tensor blk\.2\.ffn_down\.weight \(.*down_proj.weight\): quantize: "
+                                              r"ggml produced invalid f16 data"):
+        convert(ckpt, tmp_path / "o.gguf", "f16")
+    assert outputs(tmp_path) == ["ckpt"]
+
+
+def test_an_imatrix_of_another_model_is_refused(checkpoint, tmp_path):
+    from pygguf_diffusion.quant.imatrix import Imatrix
+
+    im = Imatrix(datasets=["x"])
+    im.add("blk.0.attn_q.weight", np.ones((1, 7)), np.ones(1))
+    path = im.save(tmp_path / "im.gguf")
+    # "released" has rows of 64, which q8_0's blocks of 32 fit (spec9's 80 would fall back to f16)
+    with pytest.raises(ConversionError, match="'blk.0.attn_q.weight' has rows of 7, the tensor blk.0.attn_q.weight "
+                                              "rows of 64; the importance matrix belongs to another model"):
+        convert(checkpoint("released"), tmp_path / "o.gguf", "q8_0", imatrix=path)
+    r = run_cli(str(checkpoint("released")), "--outfile", str(tmp_path / "o.gguf"), "--outtype", "q8_0",
+                "--imatrix", str(path))
+    assert r.returncode == 1 and "Traceback" not in r.stderr and "belongs to another model" in r.stderr
+    assert outputs(tmp_path) == ["im.gguf"]

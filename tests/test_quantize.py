@@ -201,8 +201,14 @@ def test_requantized_file_records_types_and_runs(quantized):
     assert types["token_embd.weight"] == "Q6_K" and types["blk.1.attn_q.weight"] == "Q4_K"
     assert types["blk.1.ffn_down_exps.weight"] == "Q5_0"  # rows of 128: q4_K's fallback
     assert types["blk.1.attn_norm.weight"] == "F32" and types["blk.1.ffn_gate_inp.weight"] == "F32"
-    src = {f: GGUFReader(BUNDLED).fields[f].contents() for f in ("tokenizer.ggml.tokens", "diffusion.canvas_length")}
-    assert all(r.fields[f].contents() == v for f, v in src.items())
+    # every other key is copied byte for byte: same keys, types and values, in the same order
+    src = GGUFReader(BUNDLED)
+    changed = {"general.file_type", "general.quantization_version"}
+    kept = [k for k in src.fields if k not in changed]
+    assert [k for k in r.fields if k not in changed] == kept
+    for k in kept:
+        assert r.fields[k].types == src.fields[k].types and r.fields[k].contents() == src.fields[k].contents(), k
+    assert [t.name for t in r.tensors] == [t.name for t in src.tensors]
     assert "rows of 128 are not a multiple of q4_K's block of 256; q5_0 instead" in sm.text()
     m = Model(str(path), n_ctx=256, seed=0)
     assert m.generate(m.tokenize(m.apply_chat_template([{"role": "user", "content": "4821+377="}]),
@@ -278,3 +284,26 @@ def test_imatrix_file_round_trip_and_lookup(converted, tmp_path):
         back.for_tensor("blk.0.attn_q.weight", (8, 6))
     with pytest.raises(ValueError, match="general.type is not 'imatrix'"):
         Imatrix.load(converted("spec9", "f32"))
+
+
+def test_overrides_never_reach_the_router():
+    c = choose_all("Q4_K_M", [("ffn_gate", "q4_0"), (".*", "q8_0")])
+    assert c["blk.4.ffn_gate_inp.weight"].qtype.name == "f32"
+    assert c["blk.4.ffn_gate.weight"].qtype.name == "q4_0"
+    assert c["blk.4.ffn_gate_up_exps.weight"].qtype.name == "q4_0"  # ffn_gate matches ffn_gate_up_exps too
+
+
+@needs_bundled
+def test_a_source_with_its_own_alignment(tmp_path):
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from gguf_edit import rewrite
+
+    a64 = rewrite(Path(BUNDLED), tmp_path / "a64.gguf", alignment=64)
+    assert GGUFReader(a64).alignment == 64
+    out = requantize(a64, tmp_path / "q8.gguf", "Q8_0")
+    r = GGUFReader(out)
+    assert r.alignment == 64 and all(t.data_offset % 64 == 0 for t in r.tensors)
+    m = Model(str(out), n_ctx=256, seed=0)
+    assert m.generate(m.tokenize(m.apply_chat_template([{"role": "user", "content": "4821+377="}]),
+                                 add_bos=False)).text.strip() == "5198"
+    m.close()

@@ -4,6 +4,7 @@ command-line tools) removes the part file; one left by SIGKILL or a power cut is
 writing the same name once its writer's pid is gone."""
 from __future__ import annotations
 
+import glob
 import logging
 import os
 import tempfile
@@ -37,14 +38,14 @@ def atomic_output(outfile: Path, force: bool, error: Callable[[str], Exception])
         os.replace(tmp, outfile)
     except BaseException:
         # by pattern, not by `tmp`: a signal can land between mkstemp and the assignment
-        for part in outfile.parent.glob(f"{prefix}*.part"):
+        for part in outfile.parent.glob(f"{glob.escape(prefix)}*.part"):
             part.unlink(missing_ok=True)
         raise
 
 
 def remove_stale_parts(outfile: Path) -> None:
     """Removes the part files of `outfile` whose writer is gone."""
-    for part in outfile.parent.glob(f".{outfile.name}.*.part"):
+    for part in outfile.parent.glob(f".{glob.escape(outfile.name)}.*.part"):
         pid = part.name[len(outfile.name) + 2:].split(".", 1)[0]
         if not pid.isdigit() or _alive(int(pid)):
             continue

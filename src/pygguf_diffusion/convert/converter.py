@@ -12,11 +12,12 @@ import numpy as np
 from gguf import GGUF_DEFAULT_ALIGNMENT, GGMLQuantizationType, GGUFValueType, GGUFWriter
 
 from .._progress import progress_bar
+from .._core import EngineError
 from ..atomic_output import atomic_output
 from ..quant.encode import chunks, default_threads, encode_rows
 from ..quant.imatrix import Imatrix
 from ..quant.policy import Policy, TensorClass
-from ..quant.qtypes import QType
+from ..quant.qtypes import NEEDS_IMATRIX, QType
 from ..quant.summary import WriteSummary
 from . import tensor_map
 from .errors import ConversionError
@@ -104,7 +105,8 @@ def _write_metadata(w: GGUFWriter, p: ModelParams, policy: Policy, name: str, mo
         logger.warning("%s: no chat template found (chat_template.jinja or tokenizer_config.json)", model_dir)
 
 
-def _plan(p: ModelParams, refs: dict[str, TensorRef], policy: Policy, model_dir: Path) -> list[_Planned]:
+def _plan(p: ModelParams, refs: dict[str, TensorRef], policy: Policy, model_dir: Path,
+          imatrix: Imatrix | None) -> list[_Planned]:
     expected = tensor_map.expected_tensors(p)
     found: dict[str, TensorRef] = {}
     unknown: list[str] = []
@@ -136,6 +138,14 @@ def _plan(p: ModelParams, refs: dict[str, TensorRef], policy: Policy, model_dir:
             raise ConversionError(f"{ref.file}: tensor {ref.name!r} has shape {list(ref.shape)}, expected "
                                   f"{list(spec.shape)} from config.json")
         c = policy.choose(name, len(spec.shape), spec.shape[-1])  # the policy keeps vectors and the router f32
+        if imatrix is not None and c.qtype.is_quantized:
+            try:
+                have = imatrix.for_tensor(name, spec.shape) is not None
+            except ValueError as e:
+                raise ConversionError(f"{e}; the importance matrix belongs to another model") from None
+            if not have and c.qtype.name in NEEDS_IMATRIX:
+                raise ConversionError(f"{imatrix.path}: has no data for {name}, which {policy.name} stores as "
+                                      f"{c.qtype.name}; compute the matrix with this model's dgemma-imatrix")
         plan.append(_Planned(name, spec.shape, c.qtype, c.cls, c.reason, ref))
     return plan
 
@@ -204,7 +214,7 @@ def convert(model_dir: str | os.PathLike[str], outfile: str | os.PathLike[str] |
         raise ConversionError(f"{outfile}: already exists; pass --force to overwrite it")
     refs = index_checkpoint(model_dir)
     _refuse_an_input_as_output(outfile, model_dir, refs)
-    plan = _plan(p, refs, policy, model_dir)
+    plan = _plan(p, refs, policy, model_dir, imat)
     total = sum(int(np.prod(t.shape)) for t in plan)
     threads = n_threads or default_threads()
 
@@ -224,7 +234,11 @@ def convert(model_dir: str | os.PathLike[str], outfile: str | os.PathLike[str] |
         for t in plan:
             _pad(f, GGUF_DEFAULT_ALIGNMENT)
             generated = np.asarray(tensor_map.rope_freqs(p), dtype=np.float32) if t.source is None else None
-            _write_tensor(f, t, generated, imat, threads, bar.update)
+            try:
+                _write_tensor(f, t, generated, imat, threads, bar.update)
+            except EngineError as e:  # the quantizer's refusals (non-finite values, out of range)
+                raise ConversionError(f"tensor {t.name} ({t.source.name if t.source else 'generated'}): "
+                                      f"{e}") from None
             summary.add(t.name, t.cls, t.qtype.name, int(np.prod(t.shape)), t.nbytes, t.reason)
         _pad(f, GGUF_DEFAULT_ALIGNMENT)
         w.close()

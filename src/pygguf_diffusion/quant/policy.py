@@ -13,7 +13,7 @@ Tensor classes (GGUF names):
 A mix gives each class a type; a few classes take more bits on the "more bits" layers (the first and last
 eighth of the layers and every third in between, llama.cpp's use_more_bits rule). Overrides
 (`--tensor-type PATTERN=TYPE`, PATTERN a regular expression searched in the tensor name, first match wins)
-apply after the mix. A row length the chosen type's block does not divide falls back (qtypes.fitting).
+apply after the mix, to every class but the router and the vectors. A row length the chosen type's block does not divide falls back (qtypes.fitting).
 """
 from __future__ import annotations
 
@@ -209,7 +209,7 @@ class Policy:
 
     def choose(self, name: str, n_dims: int, n_per_row: int) -> Choice:
         cls, layer = classify(name, n_dims)
-        if cls == C.VECTOR:
+        if cls in (C.VECTOR, C.ROUTER):  # overrides never reach them: `ffn_gate` would match ffn_gate_inp
             return Choice(qtypes.lookup("f32"), cls, None)
         want = qtypes.lookup(self.mix.type_for(cls, layer, self.n_layer))
         reason = None
