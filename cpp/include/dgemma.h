@@ -149,6 +149,20 @@ struct context_params {
 class model;    // weights on backends; shared by contexts, immutable after load
 class context_impl;
 
+// A node of a computed graph, as ggml describes it (for tests of backend support rules).
+struct graph_tensor_info {
+    bool present = false;
+    std::string name;
+    std::string op;          // ggml_op_desc: "MUL_MAT", "FLASH_ATTN_EXT", "NONE" for leaves
+    int type = 0;            // ggml_type
+    int64_t ne[4] = {0, 0, 0, 0};
+    size_t nb[4] = {0, 0, 0, 0};
+};
+struct graph_node_info {
+    graph_tensor_info node;
+    graph_tensor_info src[4];
+};
+
 // Per-column sums of squared input activations of every weight matrix a context's graphs multiply by,
 // for importance matrices (llama.cpp's imatrix statistics): for weight W with rows of K values,
 // sums[m * K + j] adds x_j^2 over every input row x that reached matrix m (m: the expert of an expert
@@ -267,6 +281,9 @@ public:
 
     // While on, every encode and decoder step adds its matrix inputs to activations() (slower: the
     // scheduler stops after each matrix product so its input can be read).
+    // The nodes of the graph computed last (an encode or a decoder step).
+    std::vector<graph_node_info> last_graph() const;
+
     void collect_activations(bool on);
     const activation_stats & activations() const;
     void clear_activations();

@@ -404,6 +404,27 @@ PYBIND11_MODULE(_core, m) {
                  std::copy(v.begin(), v.end(), Vv.mutable_data());
                  return py::make_tuple(py::array_t<int32_t>(n, pos.data()), K, Vv);
              }, py::arg("layer"), "(positions, K, V) of a layer as the decoder sees them; K, V: [n, n_kv, hd].")
+        .def("last_graph", [](const dgemma::context & c) {
+                 auto tensor = [](const dgemma::graph_tensor_info & t) -> py::object {
+                     if (!t.present) return py::none();
+                     py::dict d;
+                     d["name"] = t.name;
+                     d["op"] = t.op;
+                     d["type"] = t.type;
+                     d["ne"] = py::make_tuple(t.ne[0], t.ne[1], t.ne[2], t.ne[3]);
+                     d["nb"] = py::make_tuple(t.nb[0], t.nb[1], t.nb[2], t.nb[3]);
+                     return std::move(d);
+                 };
+                 py::list out;
+                 for (const auto & n : c.last_graph()) {
+                     py::dict d = tensor(n.node);
+                     py::list src;
+                     for (const auto & s : n.src) src.append(tensor(s));
+                     d["src"] = src;
+                     out.append(d);
+                 }
+                 return out;
+             }, "The nodes of the last computed graph: name, op, type, ne, nb and src (dicts or None).")
         .def("collect_activations", &dgemma::context::collect_activations, py::arg("on"),
              "While on, encodes and decoder steps add their matrix inputs to activations() (imatrix).")
         .def("clear_activations", &dgemma::context::clear_activations)

@@ -199,6 +199,28 @@ public:
     int64_t decoder_graph_builds() const { return dec_builds_; }
 
     const model_info & info() const { return m_->info; }
+    std::vector<graph_node_info> last_graph() const {
+        std::vector<graph_node_info> out;
+        if (!last_gf_) return out;
+        auto describe = [](const ggml_tensor * t) {
+            graph_tensor_info d;
+            if (!t) return d;
+            d.present = true;
+            d.name = ggml_get_name(t);
+            d.op = ggml_op_desc(t);
+            d.type = t->type;
+            for (int i = 0; i < 4; i++) { d.ne[i] = t->ne[i]; d.nb[i] = t->nb[i]; }
+            return d;
+        };
+        for (int i = 0; i < ggml_graph_n_nodes(last_gf_); i++) {
+            ggml_tensor * t = ggml_graph_node(last_gf_, i);
+            graph_node_info n;
+            n.node = describe(t);
+            for (int j = 0; j < 4; j++) n.src[j] = describe(t->src[j]);
+            out.push_back(std::move(n));
+        }
+        return out;
+    }
     void collect_activations(bool on) { collecting_ = on; }
     const activation_stats & activations() const { return activations_; }
     void clear_activations() { activations_.clear(); }
@@ -242,6 +264,7 @@ private:
     }
 
     void compute(ggml_cgraph * gf) {
+        last_gf_ = gf;
         ggml_backend_cpu_set_n_threads(m_->backend_cpu, n_threads_);
         ggml_backend_sched_set_eval_callback(sched_, collecting_ ? observe_activations : nullptr, &activations_);
         if (ggml_backend_sched_graph_compute(sched_, gf) != GGML_STATUS_SUCCESS) throw error("graph computation failed");
@@ -262,6 +285,7 @@ private:
     bool sc_finite_ = false;         // sc_state is known finite (zeroed, or written by a step of our own)
     int64_t dec_builds_ = 0;         // decoder graphs built so far (graph reuse is observable)
     bool collecting_ = false;        // imatrix statistics: the scheduler's eval callback adds to activations_
+    ggml_cgraph * last_gf_ = nullptr;  // lives in arena_ / dec_arena_ until the next graph of its kind
     activation_stats activations_;
 };
 
@@ -289,6 +313,7 @@ context_memory context::memory() const { return impl_->memory(); }
 int32_t context::n_threads() const { return impl_->n_threads(); }
 bool context::samples_on_cpu() const { return impl_->samples_on_cpu(); }
 void context::collect_activations(bool on) { impl_->collect_activations(on); }
+std::vector<graph_node_info> context::last_graph() const { return impl_->last_graph(); }
 const activation_stats & context::activations() const { return impl_->activations(); }
 void context::clear_activations() { impl_->clear_activations(); }
 

@@ -29,7 +29,8 @@ decoder_graph build_decoder(const graph_builder & g, const kv_store & kv, ggml_t
         // the sliding layers' mask depends only on the stored prefix: built once per canvas
         const int32_t R = kv.ring(), W = kv.window(), S = kv.capacity_swa();
         const ggml_fp16_t zero = ggml_fp32_to_fp16(0.0f), ninf = ggml_fp32_to_fp16(-INFINITY);
-        std::vector<ggml_fp16_t> row(S, zero);   // the canvas slots R .. S-1: always visible
+        std::vector<ggml_fp16_t> row(S, ninf);   // the canvas slots R .. R+C-1: always visible; padding: never
+        std::fill(row.begin() + R, row.begin() + R + C, zero);
         for (int32_t s = 0; s < R; s++) {
             const int32_t ps = kv.ring_pos(s);
             // reference (DynamicCache): the decoder sees the last min(P, sw - 1) stored positions
@@ -37,14 +38,21 @@ decoder_graph build_decoder(const graph_builder & g, const kv_store & kv, ggml_t
         }
         dg.mask_values = std::make_shared<std::vector<ggml_fp16_t>>((size_t) S * C);
         for (int32_t i = 0; i < C; i++) std::copy(row.begin(), row.end(), dg.mask_values->begin() + (size_t) i * S);
+        // full layers: every stored position and the canvas, then the padding
+        const int32_t F = pad_kv(P + C);
+        std::vector<ggml_fp16_t> frow(F, ninf);
+        std::fill(frow.begin(), frow.begin() + P + C, zero);
+        dg.mask_full_values = std::make_shared<std::vector<ggml_fp16_t>>((size_t) F * C);
+        for (int32_t i = 0; i < C; i++) std::copy(frow.begin(), frow.end(), dg.mask_full_values->begin() + (size_t) i * F);
     }
     dg.mask_swa = g.name(ggml_new_tensor_2d(ctx, GGML_TYPE_F16, kv.capacity_swa(), C), "dec_mask_swa");
+    dg.mask_full = g.name(ggml_new_tensor_2d(ctx, GGML_TYPE_F16, pad_kv(P + C), C), "dec_mask_full");
     dg.temperature = g.name(ggml_new_tensor_1d(ctx, GGML_TYPE_F32, 1), "temperature");
     dg.sc_on = g.name(ggml_new_tensor_1d(ctx, GGML_TYPE_F32, 1), "sc_on");
     dg.uniforms = g.name(ggml_new_tensor_2d(ctx, GGML_TYPE_F32, 1, C), "uniforms");
     dg.draw = g.name(ggml_new_tensor_1d(ctx, GGML_TYPE_F32, 3), "draw");
     dg.draw_scale = g.name(ggml_new_tensor_1d(ctx, GGML_TYPE_F32, 1), "draw_scale");
-    for (ggml_tensor * t : {dg.tokens, dg.mask_swa, dg.temperature, dg.sc_on, dg.uniforms, dg.draw, dg.draw_scale}) {
+    for (ggml_tensor * t : {dg.tokens, dg.mask_swa, dg.mask_full, dg.temperature, dg.sc_on, dg.uniforms, dg.draw, dg.draw_scale}) {
         ggml_set_input(t);
     }
 
@@ -68,11 +76,12 @@ decoder_graph build_decoder(const graph_builder & g, const kv_store & kv, ggml_t
         ggml_tensor * rows = swa ? dg.pos.slots_swa : dg.pos.slots_full;
         ggml_tensor * ks = ggml_set_rows(ctx, kv.k(il), ggml_reshape_2d(ctx, a.k, row, C), rows);
         ggml_tensor * vs = ggml_set_rows(ctx, kv.v(il), ggml_reshape_2d(ctx, a.v, row, C), rows);
-        // full layers: every stored position and the canvas, no mask. Sliding layers: ring + canvas slots,
-        // the mask shows the last sliding_window - 1 stored positions and the canvas, no per-query window.
-        const int64_t n_kv = swa ? kv.capacity_swa() : P + C;
+        // full layers: every stored position and the canvas. Sliding layers: ring + canvas slots, the mask
+        // shows the last sliding_window - 1 stored positions and the canvas, no per-query window. Both padded
+        // to KV_PAD with the padding masked.
+        const int64_t n_kv = swa ? kv.capacity_swa() : pad_kv(P + C);
         ggml_tensor * attn = g.attn_out(a.q, g.kv_view(ks, il, 0, n_kv), g.kv_view(vs, il, 0, n_kv),
-                                        swa ? dg.mask_swa : nullptr, il);
+                                        swa ? dg.mask_swa : dg.mask_full, il);
         x = g.layer_tail(x, attn, il, L.dec_scale);
     }
 
@@ -135,7 +144,12 @@ void fill_decoder_inputs(const decoder_graph & dg, const int32_t * canvas, int32
     set_input(dg.draw, dv, sizeof(dv));
     const float scale = draw.temperature > 0.0f ? 1.0f / draw.temperature : 1.0f;   // 0: greedy, on the host
     set_input(dg.draw_scale, &scale, sizeof(float));
-    if (dg.mask_swa) set_input(dg.mask_swa, dg.mask_values->data(), dg.mask_values->size() * sizeof(ggml_fp16_t));
+    if (dg.mask_swa && dg.mask_swa->buffer) {
+        set_input(dg.mask_swa, dg.mask_values->data(), dg.mask_values->size() * sizeof(ggml_fp16_t));
+    }
+    if (dg.mask_full && dg.mask_full->buffer) {
+        set_input(dg.mask_full, dg.mask_full_values->data(), dg.mask_full_values->size() * sizeof(ggml_fp16_t));
+    }
 }
 
 } // namespace dgemma

@@ -17,7 +17,9 @@ struct decoder_graph {
     position_inputs pos;                 // canvas rows: full layers P..P+C-1, the sliding canvas slots
     std::shared_ptr<position_values> pos_values;   // fixed for every step of this canvas
     std::shared_ptr<std::vector<ggml_fp16_t>> mask_values;   // mask_swa's values, fixed likewise
-    ggml_tensor * mask_swa = nullptr;    // F16 [R + C, C]: the visible window + the canvas slots; the rest hidden
+    ggml_tensor * mask_swa = nullptr;    // F16 [pad(R + C), C]: the visible window + the canvas slots; the rest hidden
+    ggml_tensor * mask_full = nullptr;   // F16 [pad(P + C), C]: the stored prefix and the canvas; the padding hidden
+    std::shared_ptr<std::vector<ggml_fp16_t>> mask_full_values;   // mask_full's values, fixed likewise
     ggml_tensor * temperature = nullptr; // F32 [1]
     ggml_tensor * sc_on = nullptr;       // F32 [1]: 1 = self-conditioning from sc_state, 0 = none
     ggml_tensor * uniforms = nullptr;    // F32 [1, C]: one uniform draw per row for the categorical sample

@@ -14,8 +14,10 @@ encoder_graph build_encoder(const graph_builder & g, const kv_store & kv, int32_
 
     eg.tokens = g.name(ggml_new_tensor_1d(ctx, GGML_TYPE_I32, T), "enc_tokens");
     eg.pos = g.new_position_inputs(T);
-    eg.mask_full = g.name(ggml_new_tensor_2d(ctx, GGML_TYPE_F16, P + T, T), "enc_mask_full");
-    eg.mask_swa = g.name(ggml_new_tensor_2d(ctx, GGML_TYPE_F16, kv.ring(), T), "enc_mask_swa");
+    // K/V lengths padded to KV_PAD, the padding masked (dgemma-kv.h): the sliding view's padding slots are
+    // the decoder's canvas slots (and beyond), never visible to the encoder
+    eg.mask_full = g.name(ggml_new_tensor_2d(ctx, GGML_TYPE_F16, pad_kv(P + T), T), "enc_mask_full");
+    eg.mask_swa = g.name(ggml_new_tensor_2d(ctx, GGML_TYPE_F16, pad_kv(kv.ring()), T), "enc_mask_swa");
     for (ggml_tensor * t : {eg.tokens, eg.mask_full, eg.mask_swa}) {
         ggml_set_input(t);
     }
@@ -40,7 +42,7 @@ encoder_graph build_encoder(const graph_builder & g, const kv_store & kv, int32_
             ggml_build_forward_expand(eg.gf, vs);
             break;
         }
-        const int64_t n_kv = swa ? kv.ring() : P + T;
+        const int64_t n_kv = swa ? pad_kv(kv.ring()) : pad_kv(P + T);
         ggml_tensor * attn = g.attn_out(a.q, g.kv_view(ks, il, 0, n_kv), g.kv_view(vs, il, 0, n_kv),
                                         swa ? eg.mask_swa : eg.mask_full, il);
         x = g.layer_tail(x, attn, il, L.enc_scale);
@@ -56,7 +58,7 @@ void fill_encoder_inputs(const encoder_graph & eg, const kv_store & kv, const in
 
     const ggml_fp16_t zero = ggml_fp32_to_fp16(0.0f), ninf = ggml_fp32_to_fp16(-INFINITY);
     if (eg.mask_full && eg.mask_full->buffer) {
-        const int32_t n_kv = P + T;
+        const int32_t n_kv = pad_kv(P + T);   // causal: j > P + i hides the padding too
         std::vector<ggml_fp16_t> m((size_t) n_kv * T);
         for (int32_t i = 0; i < T; i++) {
             for (int32_t j = 0; j < n_kv; j++) m[(size_t) i * n_kv + j] = j <= P + i ? zero : ninf;
@@ -68,13 +70,14 @@ void fill_encoder_inputs(const encoder_graph & eg, const kv_store & kv, const in
         std::vector<int32_t> slot_pos(R);
         for (int32_t s = 0; s < R; s++) slot_pos[s] = kv.ring_pos(s);
         for (int32_t i = 0; i < T; i++) slot_pos[(P + i) % R] = P + i;
-        std::vector<ggml_fp16_t> m((size_t) R * T);
+        const int32_t S = pad_kv(R);
+        std::vector<ggml_fp16_t> m((size_t) S * T, ninf);
         for (int32_t i = 0; i < T; i++) {
             const int32_t p = P + i;
             for (int32_t s = 0; s < R; s++) {
                 const int32_t ps = slot_pos[s];
                 // reference: query p sees keys with p - sw < pos <= p
-                m[(size_t) i * R + s] = (ps >= 0 && ps <= p && ps > p - sliding_window) ? zero : ninf;
+                m[(size_t) i * S + s] = (ps >= 0 && ps <= p && ps > p - sliding_window) ? zero : ninf;
             }
         }
         set_input(eg.mask_swa, m.data(), m.size() * sizeof(ggml_fp16_t));

@@ -58,7 +58,7 @@ size_t kv_store::nbytes() const {
     return n;
 }
 
-int32_t kv_store::capacity(int il) const { return m_.info.hp.is_swa(il) ? ring_ + canvas_ : n_ctx_; }
+int32_t kv_store::capacity(int il) const { return m_.info.hp.is_swa(il) ? capacity_swa() : capacity_full(); }
 
 int32_t kv_store::slot(int il, int32_t pos) const { return m_.info.hp.is_swa(il) ? pos % ring_ : pos; }
 

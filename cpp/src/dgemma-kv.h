@@ -1,6 +1,6 @@
 // The prompt KV store: per layer K (after k_norm + RoPE) and V (after the unweighted norm).
 //
-// Full-attention layers keep every position in slot == position (capacity n_ctx).
+// Full-attention layers keep every position in slot == position (capacity n_ctx, padded to KV_PAD).
 // Sliding layers keep a ring of R = (sliding_window - 1) + max(n_batch, canvas) slots, slot = pos % R,
 // followed by C canvas slots (R .. R+C-1) that belong to the decoder alone. The decoder sees exactly the
 // last sliding_window - 1 stored positions (reference: DynamicCache retention) plus the canvas; the
@@ -19,6 +19,13 @@
 
 namespace dgemma {
 
+// Attention reads K/V in lengths padded to a multiple of KV_PAD, with the padding masked (-inf): CUDA's
+// flash attention for head dim 512 (the full layers) accepts only a mask and a KV length that is a multiple
+// of 256 (FATTN_KQ_STRIDE, and its GQA kernels need it for every head dim); without them the scheduler
+// silently runs those layers on the CPU. The CPU kernel skips masked positions.
+constexpr int32_t KV_PAD = 256;
+inline int32_t pad_kv(int32_t n) { return (n + KV_PAD - 1) / KV_PAD * KV_PAD; }
+
 class kv_store {
 public:
     kv_store(const model & m, int32_t n_ctx, int32_t ring_extra, int32_t canvas);
@@ -36,7 +43,9 @@ public:
     int32_t n_past() const { return n_past_; }
     int32_t n_ctx() const { return n_ctx_; }
     int32_t ring() const { return ring_; }
-    int32_t capacity_swa() const { return ring_ + canvas_; }   // ring + canvas slots
+    // ring + canvas slots, padded to KV_PAD (the padding slots are never written and always masked)
+    int32_t capacity_swa() const { return pad_kv(ring_ + canvas_); }
+    int32_t capacity_full() const { return pad_kv(n_ctx_); }
     int32_t window() const { return window_; }        // sliding_window - 1: stored positions a decoder sees
 
     // Position held by ring slot s of the sliding layers (-1 = empty).

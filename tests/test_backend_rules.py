@@ -1,0 +1,83 @@
+"""Every flash-attention node of the encoder and decoder graphs meets the CUDA backend's conditions for
+running it on the GPU, read from the pinned ggml source (ggml-cuda/fattn.cu,
+ggml_cuda_get_best_fattn_kernel) and encoded below. A node that fails them is not an error: the scheduler
+silently runs it on the CPU, copying its inputs across every step (seen on an H200, 2026-11-27: the full
+layers' attention, head dim 512, left the GPU in every decoder step). Checked on a model with the released
+head dims (256 sliding, 512 full) and GQA, without a GPU, for short and long prefixes and canvases."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pygguf_diffusion import _core
+
+FATTN_KQ_STRIDE = 256
+KV_TYPES = {0, 1, 30, 2, 3, 6, 7, 8}  # f32 f16 bf16 q4_0 q4_1 q5_0 q5_1 q8_0
+SAME_V_HEAD_DIMS = {40, 64, 72, 80, 96, 112, 128, 256}
+
+
+def cuda_runs_flash_attn(node) -> tuple[bool, str]:
+    q, k, v, mask = node["src"][:4]
+    gqa = q["ne"][2] // k["ne"][2]
+    strides_ok = all(t["nb"][i] % 16 == 0 for t in (q, k, v, mask) if t is not None for i in (1, 2, 3))
+    gqa_opt = gqa >= 2 and mask is not None and k["ne"][1] % FATTN_KQ_STRIDE == 0 and strides_ok
+    hd, hd_v = k["ne"][0], v["ne"][0]
+    if hd in SAME_V_HEAD_DIMS:
+        if hd_v != hd:
+            return False, f"V head dim {hd_v} != K head dim {hd}"
+    elif hd == 512:
+        if hd_v != 512 or not gqa_opt:
+            return False, (f"head dim 512 needs the GQA kernel: gqa {gqa}, mask {mask is not None}, KV length "
+                           f"{k['ne'][1]} % 256, strides {strides_ok}")
+    else:
+        return False, f"head dim {hd}"
+    if k["type"] not in KV_TYPES or v["type"] not in KV_TYPES:
+        return False, "K/V type"
+    if mask is not None and mask["ne"][2] != 1:
+        return False, "mask ne[2]"
+    return True, ""
+
+
+def flash_nodes(ctx):
+    return [n for n in ctx.last_graph() if n["op"] == "FLASH_ATTN_EXT"]
+
+
+def check(ctx, where):
+    nodes = flash_nodes(ctx)
+    assert nodes, where
+    for n in nodes:
+        ok, why = cuda_runs_flash_attn(n)
+        assert ok, f"{where}: {n['name']}: {why}"
+        # beyond what CUDA needs for head dim 256: the same padded, masked layout everywhere (its GQA and
+        # vector kernels need it)
+        q, k, v, mask = n["src"][:4]
+        assert mask is not None and mask["type"] == 1 and k["ne"][1] % FATTN_KQ_STRIDE == 0, (where, n["name"])
+        assert mask["ne"][0] == k["ne"][1] and mask["ne"][1] == q["ne"][1], (where, n["name"])
+    return {n["src"][1]["ne"][0] for n in nodes}
+
+
+@pytest.mark.parametrize("n_prompt", [5, 300])
+def test_flash_attention_nodes_meet_cuda_rules(converted, n_prompt):
+    m = _core.Model(str(converted("long256", "f32")), 0, False)
+    ctx = _core.Context(m, 1024, 512, 2)
+    rng = np.random.default_rng(0)
+    ctx.encode(rng.integers(3, 500, n_prompt).astype(np.int32))
+    seen = check(ctx, f"encoder, {n_prompt} tokens")
+    canvas = rng.integers(3, 500, ctx.canvas_length).astype(np.int32)
+    ctx.decode_step(canvas, None, 1.0, False)
+    seen |= check(ctx, f"decoder after {n_prompt} tokens")
+    ctx.truncate(n_prompt - 2)
+    ctx.encode(rng.integers(3, 500, 7).astype(np.int32))   # a second chunk on a stored prefix
+    seen |= check(ctx, "encoder, second chunk")
+    ctx.decode_step(canvas, None, 1.0, False)
+    ctx.decode_step(canvas, "previous", 1.0, False)
+    seen |= check(ctx, "decoder, second chunk")
+    assert seen == {256, 512}  # both released head dims were exercised
+
+
+def test_the_rule_catches_an_unpadded_full_layer():
+    # the layout the engine had before (seen on the GPU): no mask, KV length prefix + canvas
+    q = {"ne": (512, 256, 16, 1), "nb": (4, 32768, 2048, 8388608), "type": 0}
+    k = {"ne": (512, 320, 2, 1), "nb": (4, 4096, 2048, 1310720), "type": 0}
+    ok, why = cuda_runs_flash_attn({"src": [q, k, dict(k), None]})
+    assert not ok and "head dim 512 needs the GQA kernel" in why
