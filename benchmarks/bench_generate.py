@@ -49,8 +49,10 @@ def main() -> int:
                            adaptive_stop=False, seed=i, eos_ids=never)
         if i:  # the first run pages the weights in
             ours.append(r["stats"])
-    res = {"shape": args.shape, "backend": ctx.memory()["device"], "threads": args.threads, "weights": args.outtype, "vocab": args.vocab, "canvas": args.canvas,
-           "prompt": args.prompt, "steps": args.steps, "repeats": args.repeats,
+    weights = Path(args.gguf).name if args.gguf else args.outtype
+    res = {"shape": args.shape, "backend": ctx.memory()["device"], "threads": args.threads, "weights": weights,
+           "vocab": args.vocab, "canvas": args.canvas, "prompt": args.prompt, "steps": args.steps,
+           "repeats": args.repeats,
            "engine": {"ms_per_step": statistics.median(s["decode_ms"] / s["decoder_forwards"] for s in ours),
                       "committed_tok_s": statistics.median(s["committed_tokens"] / (s["total_ms"] / 1000) for s in ours),
                       "total_ms": statistics.median(s["total_ms"] for s in ours)}}

@@ -61,12 +61,20 @@ def add_model_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--outtype", default="f32", choices=["f32", "f16", "bf16", "q8_0"])
     ap.add_argument("--cache", default=str(HERE / ".cache"), help="where the model is built and converted")
     ap.add_argument("--no-reference", action="store_true", help="skip transformers")
+    ap.add_argument("--gguf", default=None, help="time this GGUF instead (e.g. make_real_shape.py's; no reference)")
 
 
 def prepare(args: argparse.Namespace) -> tuple[Path, Path, np.ndarray]:
     """(checkpoint dir, GGUF, prompt ids) of the benchmark model, built and converted once."""
     from pygguf_diffusion.convert import convert
 
+    if getattr(args, "gguf", None):
+        args.no_reference = True
+        from pygguf_diffusion import _core
+
+        vocab = int(_core.inspect_gguf(args.gguf)["hparams"]["n_vocab"])
+        prompt = np.random.default_rng(0).integers(3, min(vocab, 512), args.prompt).astype(np.int32)
+        return Path(args.gguf), Path(args.gguf), prompt
     cache = Path(args.cache)
     cache.mkdir(parents=True, exist_ok=True)
     tag = "" if args.shape == "mid" else f"-{args.shape}"
@@ -102,8 +110,8 @@ def main() -> int:
     canvas = np.random.default_rng(1).integers(0, args.vocab, args.canvas).astype(np.int32)
     res: dict[str, object] = {
         "machine": f"{platform.machine()} {os.cpu_count()} cpus, {platform.processor() or platform.platform()}",
-        "shape": args.shape, "threads": args.threads, "weights": args.outtype, "vocab": args.vocab,
-        "canvas": args.canvas, "prompt": args.prompt, "repeats": args.repeats,
+        "shape": args.shape, "threads": args.threads,
+        "weights": Path(args.gguf).name if args.gguf else args.outtype, "vocab": args.vocab, "canvas": args.canvas, "prompt": args.prompt, "repeats": args.repeats,
     }
 
     model = _core.Model(str(gguf), args.n_gpu_layers)
