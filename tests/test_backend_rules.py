@@ -81,3 +81,17 @@ def test_the_rule_catches_an_unpadded_full_layer():
     k = {"ne": (512, 320, 2, 1), "nb": (4, 4096, 2048, 1310720), "type": 0}
     ok, why = cuda_runs_flash_attn({"src": [q, k, dict(k), None]})
     assert not ok and "head dim 512 needs the GQA kernel" in why
+
+
+def test_vocabulary_wide_products_ask_for_f32_accumulation(converted):
+    # self-conditioning (probabilities @ the transposed embedding) and the tied output layer contract over
+    # the vocabulary or the hidden size; on CUDA an f16 operand would otherwise be accumulated in half
+    # precision by cuBLAS (ggml-cuda.cu: compute type F32 only when op_params[0] == GGML_PREC_F32)
+    m = _core.Model(str(converted("long256", "f16")), 0, False)
+    ctx = _core.Context(m, 256, 256, 2)
+    ctx.encode(np.arange(3, 20, dtype=np.int32))
+    ctx.decode_step(np.arange(3, 3 + ctx.canvas_length, dtype=np.int32), None, 1.0, False)
+    products = {n["src"][0]["name"]: n for n in ctx.last_graph()
+                if n["op"] == "MUL_MAT" and n["src"][0]["name"] in ("token_embd_t", "token_embd.weight")}
+    assert set(products) == {"token_embd_t", "token_embd.weight"}
+    assert all(n["op_param0"] == 10 for n in products.values())  # GGML_PREC_F32

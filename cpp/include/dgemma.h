@@ -157,6 +157,7 @@ struct graph_tensor_info {
     int type = 0;            // ggml_type
     int64_t ne[4] = {0, 0, 0, 0};
     size_t nb[4] = {0, 0, 0, 0};
+    int32_t op_param0 = 0;   // op_params[0]: for MUL_MAT the required accumulator precision (10: F32)
 };
 struct graph_node_info {
     graph_tensor_info node;

@@ -413,6 +413,7 @@ PYBIND11_MODULE(_core, m) {
                      d["type"] = t.type;
                      d["ne"] = py::make_tuple(t.ne[0], t.ne[1], t.ne[2], t.ne[3]);
                      d["nb"] = py::make_tuple(t.nb[0], t.nb[1], t.nb[2], t.nb[3]);
+                     d["op_param0"] = t.op_param0;
                      return std::move(d);
                  };
                  py::list out;

@@ -210,6 +210,7 @@ public:
             d.op = ggml_op_desc(t);
             d.type = t->type;
             for (int i = 0; i < 4; i++) { d.ne[i] = t->ne[i]; d.nb[i] = t->nb[i]; }
+            d.op_param0 = t->op_params[0];
             return d;
         };
         for (int i = 0; i < ggml_graph_n_nodes(last_gf_); i++) {
