@@ -145,3 +145,41 @@ def test_an_interrupted_load_raises_the_callers_error_and_leaves_nothing_behind(
         with pytest.raises(KeyboardInterrupt):
             _core.Model(path, 0, progress=stop)
     assert _core.Model(path, 0, progress=lambda f: None).info()["hparams"]["n_layer"] == 6
+
+
+def test_generic_reductions_break_ties_low_and_never_draw_past_the_mass(converted, tmp_path):
+    """Every token's logit equal except the last (far below): the lowest index is the argmax on both
+    paths, and a uniform just under 1 draws the last *likely* token, not the improbable last id (a float
+    cumsum that ends short of 1 used to leave every entry below u and fall to V - 1)."""
+    import os
+    import subprocess
+    import sys
+
+    from gguf_edit import rewrite
+
+    def tie(name, data):
+        if name != "token_embd.weight":
+            return None
+        out = np.repeat(data[:1], data.shape[0], axis=0)
+        out[-1] = -5.0 * data[0]
+        return out
+
+    path = rewrite(converted("spec9", "f32"), tmp_path / "ties.gguf", edit_tensor=tie)
+    code = (
+        "import numpy as np; from pygguf_diffusion import _core\n"
+        f"m = _core.Model({str(path)!r}); c = _core.Context(m, n_ctx=64, n_threads=2)\n"
+        "c.encode(np.arange(2, 12, dtype=np.int32)); C = c.canvas_length\n"
+        "u = np.array([0.99999994, 0.0, 0.5, 0.25, 0.999, 0.75, 0.1, 0.9], dtype=np.float32)[:C]\n"
+        "am, ent, smp = c.decode_step_reduced(np.arange(3, 3 + C, dtype=np.int32), u)\n"
+        "print(*am); print(*smp); print(*np.round(ent, 4))\n")
+    runs = []
+    for env in ({}, {"DGEMMA_GENERIC_REDUCTIONS": "1"}):
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                             env={**os.environ, **env})
+        assert out.returncode == 0, out.stderr
+        runs.append(out.stdout.splitlines())
+    fused, generic = runs
+    assert fused[0].split() == generic[0].split() == ["0"] * 8
+    assert fused[1] == generic[1]
+    samples = [int(s) for s in fused[1].split()]
+    assert samples[0] == 510 and samples[1] == 0 and max(samples) < 511

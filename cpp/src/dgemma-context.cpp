@@ -151,17 +151,19 @@ public:
                 if (sample) sample[i] = (int32_t) red[(size_t) 3 * i + 2];
             }
         } else if (!dec_.reduced) {
-            if (argmax) ggml_backend_tensor_get(dec_.argmax, argmax, 0, sizeof(int32_t) * C);
+            // argmax and sample come back as exact float counts
+            std::vector<float> am(C);
+            if (argmax || (sample && draw.temperature <= 0.0f)) {
+                ggml_backend_tensor_get(dec_.argmax, am.data(), 0, sizeof(float) * C);
+            }
+            if (argmax) for (int32_t i = 0; i < C; i++) argmax[i] = (int32_t) am[i];
             if (entropy) ggml_backend_tensor_get(dec_.entropy, entropy, 0, sizeof(float) * C);
             if (sample) {
                 std::vector<float> cnt(C);
                 ggml_backend_tensor_get(dec_.sample, cnt.data(), 0, sizeof(float) * C);
-                // the count of cdf entries below u; rounding can leave the last cdf entry under u
                 for (int32_t i = 0; i < C; i++) sample[i] = std::min((int32_t) cnt[i], (int32_t) V - 1);
                 if (draw.temperature <= 0.0f) {   // greedy: the argmax is drawn
-                    std::vector<int32_t> am(C);
-                    ggml_backend_tensor_get(dec_.argmax, am.data(), 0, sizeof(int32_t) * C);
-                    std::copy(am.begin(), am.end(), sample);
+                    for (int32_t i = 0; i < C; i++) sample[i] = (int32_t) am[i];
                 }
             }
         }

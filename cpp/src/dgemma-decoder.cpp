@@ -114,16 +114,25 @@ decoder_graph build_decoder(const graph_builder & g, const kv_store & kv, ggml_t
         ggml_set_output(dg.reduced);
         ggml_build_forward_expand(dg.gf, dg.reduced);
     } else {
-        dg.argmax = g.name(ggml_argmax(ctx, lp), "argmax");
+        // ggml_argmax promises a maximum, not the lowest index among equal maxima (CUDA's reduction returns
+        // any): the lowest is the number of entries before the first maximum, counted exactly in floats
+        ggml_tensor * any_max = ggml_argmax(ctx, lp);
         ggml_tensor * p = ggml_soft_max(ctx, lp);
-        ggml_tensor * at = ggml_reshape_2d(ctx, dg.argmax, 1, C);
+        ggml_tensor * at = ggml_reshape_2d(ctx, any_max, 1, C);
         ggml_tensor * maxv = ggml_reshape_2d(ctx, ggml_get_rows(ctx, ggml_reshape_3d(ctx, lp, 1, V, C), at), 1, C);
         ggml_tensor * pmax = ggml_reshape_2d(ctx, ggml_get_rows(ctx, ggml_reshape_3d(ctx, p, 1, V, C), at), 1, C);
         ggml_tensor * lse = ggml_sub(ctx, maxv, ggml_log(ctx, pmax));
         dg.entropy = g.name(ggml_sub(ctx, lse, ggml_sum_rows(ctx, ggml_mul(ctx, p, lp))), "entropy");
+        ggml_tensor * is_max = ggml_scale_bias(ctx, ggml_step(ctx, ggml_neg(ctx, ggml_sub(ctx, lp, maxv))), -1.0f, 1.0f);
+        ggml_tensor * before_first = ggml_scale_bias(ctx, ggml_step(ctx, ggml_cumsum(ctx, is_max)), -1.0f, 1.0f);
+        dg.argmax = g.name(ggml_sum_rows(ctx, before_first), "argmax");                  // f32 [1, C]
         // the draw's own distribution: softmax(lp / draw temperature) (greedy is resolved on the host)
         ggml_tensor * pd = ggml_soft_max(ctx, ggml_mul(ctx, lp, dg.draw_scale));
-        ggml_tensor * below = ggml_step(ctx, ggml_neg(ctx, ggml_sub(ctx, ggml_cumsum(ctx, pd), dg.uniforms)));
+        // u scaled by the row's own float total: a cumsum that ends short of 1 (rounding) still ends >= u
+        // (the CPU kernel does the same in double), so the count never runs past the last token
+        ggml_tensor * cdf = ggml_cumsum(ctx, pd);
+        ggml_tensor * total = ggml_view_2d(ctx, cdf, 1, C, cdf->nb[1], (size_t) (V - 1) * ggml_element_size(cdf));
+        ggml_tensor * below = ggml_step(ctx, ggml_neg(ctx, ggml_sub(ctx, cdf, ggml_mul(ctx, total, dg.uniforms))));
         dg.sample = g.name(ggml_sum_rows(ctx, below), "sample");
         for (ggml_tensor * t : {dg.argmax, dg.entropy, dg.sample}) {
             ggml_set_output(t);

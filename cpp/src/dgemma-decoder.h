@@ -27,7 +27,7 @@ struct decoder_graph {
     ggml_tensor * draw_scale = nullptr;  // F32 [1]: 1 / draw temperature (1 when greedy), generic path
     ggml_tensor * logits = nullptr;      // F32 [V, C] softcapped
     // per-row reductions of the processed logits (logits / temperature), read back instead of the logits
-    ggml_tensor * argmax = nullptr;      // I32 [C]
+    ggml_tensor * argmax = nullptr;      // F32 [1, C]: the lowest index among the maxima, an exact count
     ggml_tensor * entropy = nullptr;     // F32 [1, C] nats, of the tempered distribution
     ggml_tensor * sample = nullptr;      // F32 [1, C] index of the inverse-CDF sample (count of cdf < u)
     ggml_tensor * reduced = nullptr;     // CPU: the three above fused, F32 [3, C] (argmax, entropy, sample)
