@@ -228,7 +228,8 @@ size_t quantize_rows(int type, const float * src, void * dst, int64_t nrows, int
 // Decodes nrows rows of `type` into floats.
 void dequantize_rows(int type, const void * src, float * dst, int64_t nrows, int64_t n_per_row, int n_threads);
 
-// GPU devices this build can place weights on, by name (empty: CPU only).
+// GPU devices this build can place weights on, discrete or integrated, by name (empty: CPU only). Weights go
+// to the first discrete GPU, else the first integrated one; loading logs which.
 std::vector<std::string> gpu_devices();
 
 // Memory a context holds, in bytes.

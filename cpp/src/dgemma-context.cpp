@@ -325,8 +325,7 @@ std::vector<std::string> gpu_devices() {
     for (size_t i = 0; i < ggml_backend_dev_count(); i++) {
         ggml_backend_dev_t d = ggml_backend_dev_get(i);
         const auto t = ggml_backend_dev_type(d);
-        // the same rule as the model's placement (integrated GPUs are not used yet)
-        if (t == GGML_BACKEND_DEVICE_TYPE_GPU) names.push_back(ggml_backend_dev_name(d));
+        if (t == GGML_BACKEND_DEVICE_TYPE_GPU || t == GGML_BACKEND_DEVICE_TYPE_IGPU) names.push_back(ggml_backend_dev_name(d));
     }
     return names;
 }

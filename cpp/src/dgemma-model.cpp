@@ -18,6 +18,11 @@
 
 namespace dgemma {
 
+ggml_backend_dev_t gpu_device() {
+    ggml_backend_dev_t dev = ggml_backend_dev_by_type(GGML_BACKEND_DEVICE_TYPE_GPU);
+    return dev ? dev : ggml_backend_dev_by_type(GGML_BACKEND_DEVICE_TYPE_IGPU);
+}
+
 namespace {
 
 // reference: the embedding scale sqrt(H) is stored in f32 and cast to the weight dtype before use
@@ -59,8 +64,15 @@ void model::load(const std::string & path) {
 
     backend_cpu = ggml_backend_init_by_type(GGML_BACKEND_DEVICE_TYPE_CPU, nullptr);
     if (!backend_cpu) throw error("cannot initialise the CPU backend");
-    if (params.n_gpu_layers != 0 && ggml_backend_dev_by_type(GGML_BACKEND_DEVICE_TYPE_GPU)) {
-        backend_gpu = ggml_backend_init_by_type(GGML_BACKEND_DEVICE_TYPE_GPU, nullptr);
+    if (params.n_gpu_layers != 0) {
+        // a discrete GPU, else an integrated one (DGX Spark, Jetson, Ryzen AI): both run the same kernels
+        if (ggml_backend_dev_t dev = gpu_device()) {
+            backend_gpu = ggml_backend_dev_init(dev, nullptr);
+            if (!backend_gpu) throw error(std::string("cannot initialise the GPU backend ") + ggml_backend_dev_name(dev));
+            log_msg(LOG_INFO, "using %s %s (%s)\n",
+                    ggml_backend_dev_type(dev) == GGML_BACKEND_DEVICE_TYPE_IGPU ? "integrated GPU" : "GPU",
+                    ggml_backend_dev_name(dev), ggml_backend_dev_description(dev));
+        }
     }
     const int n_layer = info.hp.n_layer;
     backend_globals = layer_on_gpu(-1) ? backend_gpu : backend_cpu;

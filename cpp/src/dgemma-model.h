@@ -15,6 +15,9 @@
 
 namespace dgemma {
 
+// The device weights go to: the first discrete GPU, else the first integrated GPU, else none.
+ggml_backend_dev_t gpu_device();
+
 struct layer_weights {
     ggml_tensor * attn_norm = nullptr;
     ggml_tensor * wq = nullptr, * wk = nullptr, * wv = nullptr, * wo = nullptr;   // wv null on full layers
