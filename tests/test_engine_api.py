@@ -183,3 +183,30 @@ def test_generic_reductions_break_ties_low_and_never_draw_past_the_mass(converte
     assert fused[1] == generic[1]
     samples = [int(s) for s in fused[1].split()]
     assert samples[0] == 510 and samples[1] == 0 and max(samples) < 511
+
+
+def test_two_contexts_of_one_model_compute_at_the_same_time(converted):
+    """Each context has backend instances of its own: the CPU backend's thread count and work buffer used
+    to be the model's, shared, so two contexts computing at once raced."""
+    import threading
+
+    m = _core.Model(str(converted("spec9", "f32")), 0, False)
+    prompts = [np.arange(2, 40, dtype=np.int32), np.arange(100, 131, dtype=np.int32)]
+
+    def run(ctx, prompt):
+        ctx.truncate(0)
+        r = _core.generate(ctx, prompt, max_new_tokens=16, seed=5, max_denoising_steps=6)
+        return list(r["tokens"])
+
+    alone = [run(_core.Context(m, n_ctx=128, n_threads=t), p) for t, p in zip((1, 2), prompts)]
+    for _ in range(3):
+        ctxs = [_core.Context(m, n_ctx=128, n_threads=t) for t in (1, 2)]
+        got: list = [None, None]
+        threads = [threading.Thread(target=lambda i=i: got.__setitem__(i, [run(ctxs[i], prompts[i])
+                                                                          for _ in range(3)]))
+                   for i in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert got[0] == [alone[0]] * 3 and got[1] == [alone[1]] * 3

@@ -13,6 +13,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <map>
+#include <memory>
 #include <string>
 #include <cmath>
 #include <thread>
@@ -41,24 +42,29 @@ public:
           kv_(*m_, check_ctx(p, *m_), std::max(p.n_batch, m_->info.diffusion.canvas_length),
               m_->info.diffusion.canvas_length) {
         n_threads_ = p_.n_threads > 0 ? p_.n_threads : (int) std::max(1u, std::thread::hardware_concurrency());
-        std::vector<ggml_backend_t> backends = m_->backends();
-        sched_ = ggml_backend_sched_new(backends.data(), nullptr, (int) backends.size(), GRAPH_SIZE, false, false);
+        // Backends of our own, on the model's devices: a backend instance holds per-compute state (the CPU
+        // backend its thread count and work buffer, CUDA its stream), so contexts that shared the model's
+        // instances raced when they computed at the same time. The weights' buffers serve any instance.
+        std::vector<ggml_backend_t> backends;
+        for (ggml_backend_t mb : m_->backends()) {
+            ggml_backend_dev_t dev = ggml_backend_get_device(mb);
+            ggml_backend_t b = ggml_backend_dev_init(dev, nullptr);
+            if (!b) throw error(std::string("cannot initialise a backend on ") + ggml_backend_dev_name(dev));
+            backends_.emplace_back(b);
+            backends.push_back(b);
+            if (mb == m_->backend_cpu) cpu_ = b;
+        }
+        sched_.reset(ggml_backend_sched_new(backends.data(), nullptr, (int) backends.size(), GRAPH_SIZE, false, false));
         if (!sched_) throw error("cannot create the backend scheduler");
 
         const int64_t V = m_->info.hp.n_vocab, C = m_->info.diffusion.canvas_length;
         ggml_init_params ip = { ggml_tensor_overhead() * 2, nullptr, true };
-        sc_ctx_ = ggml_init(ip);
-        sc_state_ = ggml_new_tensor_2d(sc_ctx_, GGML_TYPE_F32, V, C);
+        sc_ctx_.reset(ggml_init(ip));
+        sc_state_ = ggml_new_tensor_2d(sc_ctx_.get(), GGML_TYPE_F32, V, C);
         ggml_set_name(sc_state_, "sc_state");
-        sc_buf_ = ggml_backend_alloc_ctx_tensors(sc_ctx_, m_->backend_globals);
+        sc_buf_.reset(ggml_backend_alloc_ctx_tensors(sc_ctx_.get(), m_->backend_globals));
         if (!sc_buf_) throw error("cannot allocate the self-conditioning state (" + std::to_string(V * C * 4 >> 20) + " MiB)");
-        ggml_backend_buffer_clear(sc_buf_, 0);
-    }
-
-    ~context_impl() {
-        if (sched_) ggml_backend_sched_free(sched_);
-        if (sc_buf_) ggml_backend_buffer_free(sc_buf_);
-        if (sc_ctx_) ggml_free(sc_ctx_);
+        ggml_backend_buffer_clear(sc_buf_.get(), 0);
     }
 
     // Validates the parameters before the KV store is sized from them; returns n_ctx.
@@ -191,8 +197,8 @@ public:
     context_memory memory() const {
         context_memory mem;
         mem.kv_bytes = kv_.nbytes();
-        mem.sc_bytes = ggml_backend_buffer_get_size(sc_buf_);
-        for (ggml_backend_t b : m_->backends()) mem.compute_bytes += ggml_backend_sched_get_buffer_size(sched_, b);
+        mem.sc_bytes = ggml_backend_buffer_get_size(sc_buf_.get());
+        for (const auto & b : backends_) mem.compute_bytes += ggml_backend_sched_get_buffer_size(sched_.get(), b.get());
         mem.device = ggml_backend_name(m_->backend_globals);
         return mem;
     }
@@ -243,8 +249,8 @@ private:
     }
 
     void alloc(ggml_cgraph * gf) {
-        ggml_backend_sched_reset(sched_);
-        if (!ggml_backend_sched_alloc_graph(sched_, gf)) throw error("cannot allocate the compute graph (out of memory?)");
+        ggml_backend_sched_reset(sched_.get());
+        if (!ggml_backend_sched_alloc_graph(sched_.get(), gf)) throw error("cannot allocate the compute graph (out of memory?)");
         if (m_->backend_gpu) report_placement(gf);
     }
 
@@ -256,11 +262,11 @@ private:
         const int n = ggml_graph_n_nodes(gf);
         for (int i = 0; i < n; i++) {
             ggml_tensor * t = ggml_graph_node(gf, i);
-            if (ggml_backend_sched_get_tensor_backend(sched_, t) == m_->backend_cpu) on_cpu[ggml_op_desc(t)]++;
+            if (ggml_backend_sched_get_tensor_backend(sched_.get(), t) == cpu_) on_cpu[ggml_op_desc(t)]++;
         }
         std::string ops;
         for (const auto & [op, c] : on_cpu) ops += " " + op + "x" + std::to_string(c);
-        const int splits = ggml_backend_sched_get_n_splits(sched_);
+        const int splits = ggml_backend_sched_get_n_splits(sched_.get());
         log_msg(LOG_DEBUG, "graph: %d nodes, %d splits, on the CPU:%s", n, splits, ops.empty() ? " none" : ops.c_str());
         if (to_stderr) fprintf(stderr, "dgemma sched: %d nodes, %d splits, on the CPU:%s\n", n, splits,
                                ops.empty() ? " none" : ops.c_str());
@@ -268,19 +274,26 @@ private:
 
     void compute(ggml_cgraph * gf) {
         last_gf_ = gf;
-        ggml_backend_cpu_set_n_threads(m_->backend_cpu, n_threads_);
-        ggml_backend_sched_set_eval_callback(sched_, collecting_ ? observe_activations : nullptr, &activations_);
-        if (ggml_backend_sched_graph_compute(sched_, gf) != GGML_STATUS_SUCCESS) throw error("graph computation failed");
+        ggml_backend_cpu_set_n_threads(cpu_, n_threads_);
+        ggml_backend_sched_set_eval_callback(sched_.get(), collecting_ ? observe_activations : nullptr, &activations_);
+        if (ggml_backend_sched_graph_compute(sched_.get(), gf) != GGML_STATUS_SUCCESS) throw error("graph computation failed");
     }
 
     std::shared_ptr<model> m_;
     context_params p_;
     kv_store kv_;
     int n_threads_ = 1;
-    ggml_backend_sched_t sched_ = nullptr;
-    ggml_context * sc_ctx_ = nullptr;
+    struct free_backend { void operator()(ggml_backend_t b) const { ggml_backend_free(b); } };
+    struct free_sched { void operator()(ggml_backend_sched_t s) const { ggml_backend_sched_free(s); } };
+    struct free_ctx { void operator()(ggml_context * c) const { ggml_free(c); } };
+    struct free_buffer { void operator()(ggml_backend_buffer_t b) const { ggml_backend_buffer_free(b); } };
+    // declared before sched_: destroyed after it (members go in reverse order), also when the constructor throws
+    std::vector<std::unique_ptr<ggml_backend, free_backend>> backends_;
+    ggml_backend_t cpu_ = nullptr;
+    std::unique_ptr<ggml_backend_sched, free_sched> sched_;
+    std::unique_ptr<ggml_context, free_ctx> sc_ctx_;
     ggml_tensor * sc_state_ = nullptr;
-    ggml_backend_buffer_t sc_buf_ = nullptr;
+    std::unique_ptr<ggml_backend_buffer, free_buffer> sc_buf_;
     graph_arena arena_, dec_arena_;
     decoder_graph dec_;
     int32_t dec_graph_n_past_ = -1;
