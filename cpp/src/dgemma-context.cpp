@@ -65,6 +65,29 @@ public:
         sc_buf_.reset(ggml_backend_alloc_ctx_tensors(sc_ctx_.get(), m_->backend_globals));
         if (!sc_buf_) throw error("cannot allocate the self-conditioning state (" + std::to_string(V * C * 4 >> 20) + " MiB)");
         ggml_backend_buffer_clear(sc_buf_.get(), 0);
+        reserve_worst_case();
+    }
+
+    // The compute buffers for the largest graphs this context can build (a full encoder batch and a
+    // decoder step at the end of the store), allocated now: running out of memory is an error here, at
+    // creation, never in the middle of an answer.
+    void reserve_worst_case() {
+        const int32_t n_ctx = kv_.n_ctx(), C = m_->info.diffusion.canvas_length, T = std::min(p_.n_batch, n_ctx);
+        graph_arena a;
+        a.reset();
+        graph_builder g{a.ctx, *m_};
+        encoder_graph eg = build_encoder(g, kv_, T, GRAPH_SIZE, n_ctx - T);
+        if (!ggml_backend_sched_reserve(sched_.get(), eg.gf)) {
+            throw error("cannot allocate the encoder's compute buffers (out of memory); lower n_ctx or n_batch");
+        }
+        if (n_ctx >= C) {
+            a.reset();
+            graph_builder gd{a.ctx, *m_};
+            decoder_graph dg = build_decoder(gd, kv_, sc_state_, C, GRAPH_SIZE, n_ctx - C);
+            if (!ggml_backend_sched_reserve(sched_.get(), dg.gf)) {
+                throw error("cannot allocate the decoder's compute buffers (out of memory); lower n_ctx");
+            }
+        }
     }
 
     // Validates the parameters before the KV store is sized from them; returns n_ctx.

@@ -13,11 +13,11 @@ bool reductions_on_cpu(const model & m) {
 }
 
 decoder_graph build_decoder(const graph_builder & g, const kv_store & kv, ggml_tensor * sc_state, int32_t C,
-                            int graph_size) {
+                            int graph_size, int32_t n_past) {
     ggml_context * ctx = g.ctx;
     const hparams & hp = g.hp();
     const model & m = g.m;
-    const int32_t P = kv.n_past();
+    const int32_t P = n_past >= 0 ? n_past : kv.n_past();
     decoder_graph dg;
     dg.n_past = P;
     dg.gf = ggml_new_graph_custom(ctx, graph_size, false);

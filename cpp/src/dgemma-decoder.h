@@ -39,8 +39,9 @@ bool reductions_on_cpu(const model & m);
 
 // sc_state: F32 [V, C] persistent tensor holding the previous step's processed logits; the graph reads it
 // for self-conditioning and overwrites it with this step's logits / temperature.
+// n_past: the stored prefix the graph is shaped for (-1: kv.n_past(); larger only to reserve buffers).
 decoder_graph build_decoder(const graph_builder & g, const kv_store & kv, ggml_tensor * sc_state, int32_t C,
-                            int graph_size);
+                            int graph_size, int32_t n_past = -1);
 void fill_decoder_inputs(const decoder_graph & dg, const int32_t * canvas, int32_t C,
                          float temperature, bool sc_on, const float * uniforms, const draw_params & draw);
 

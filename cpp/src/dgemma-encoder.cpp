@@ -5,10 +5,11 @@
 
 namespace dgemma {
 
-encoder_graph build_encoder(const graph_builder & g, const kv_store & kv, int32_t T, int graph_size) {
+encoder_graph build_encoder(const graph_builder & g, const kv_store & kv, int32_t T, int graph_size,
+                            int32_t n_past) {
     ggml_context * ctx = g.ctx;
     const hparams & hp = g.hp();
-    const int32_t P = kv.n_past();
+    const int32_t P = n_past >= 0 ? n_past : kv.n_past();
     encoder_graph eg;
     eg.gf = ggml_new_graph_custom(ctx, graph_size, false);
 

@@ -16,7 +16,9 @@ struct encoder_graph {
 
 // Builds the graph for T tokens at positions P..P+T-1 (P = kv.n_past()). Inputs are filled by
 // fill_encoder_inputs once the graph is allocated.
-encoder_graph build_encoder(const graph_builder & g, const kv_store & kv, int32_t T, int graph_size);
+// n_past: as for build_decoder.
+encoder_graph build_encoder(const graph_builder & g, const kv_store & kv, int32_t T, int graph_size,
+                            int32_t n_past = -1);
 void fill_encoder_inputs(const encoder_graph & eg, const kv_store & kv, const int32_t * tokens, int32_t T,
                          int32_t sliding_window);
 
