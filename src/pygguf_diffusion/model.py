@@ -84,6 +84,8 @@ class Model:
         self._seed = seed
         self._stored: list[int] = []  # tokens whose K/V the context holds, in order
         self._busy = False
+        self._holder: weakref.ref[_Generation] | None = None  # the stream holding the claim (dropping it releases)
+        self._claim: tuple[list[threading.Thread], threading.Event] | None = None  # its engine threads, abort flag
         self._warned_overflow = False
 
     # ---- construction from the Hub --------------------------------------------------------------------
@@ -144,6 +146,7 @@ class Model:
     def reset(self) -> None:
         """Forget the stored prefix (the next call encodes its whole prompt)."""
         self._context()
+        self._finish_interrupted_release()
         if self._busy:
             raise RuntimeError("a generation is running on this Model: finish or close its iterator first")
         self._forget_prefix()
@@ -181,6 +184,7 @@ class Model:
         accepted instead of a sample), `top_k` and `top_p` restrict it. `stop`: generation ends at the
         first occurrence of any of these strings, which is not returned (finish_reason "stop")."""
         self._context()
+        self._finish_interrupted_release()
         if self._busy:
             raise RuntimeError("a generation is already running on this Model")
         settings = _check_settings(max_new_tokens=max_new_tokens, max_denoising_steps=max_denoising_steps,
@@ -203,10 +207,27 @@ class Model:
         # this one. Finishing, closing or dropping the iterator releases it.
         self._busy = True
         try:
-            return _Generation(self, tokens, settings, int(seed), drafts, stops)
+            gen = _Generation(self, tokens, settings, int(seed), drafts, stops)
+            self._holder = weakref.ref(gen)
+            self._claim = (gen._workers, gen._abort)
+            return gen
         except BaseException:
             self._busy = False
             raise
+
+    def _finish_interrupted_release(self) -> None:
+        """A stream told to stop whose release a second Ctrl-C cut short still holds the claim: wait for its
+        engine thread (at most the current step) and release it, rather than race that thread."""
+        if not self._busy or self._claim is None or not self._claim[1].is_set():
+            return
+        h = self._holder() if self._holder is not None else None
+        if h is not None:
+            h._release()
+            return
+        for w in self._claim[0]:  # the stream itself is gone (dropped): its thread may still be stopping
+            _join(w)
+        self._forget_prefix()      # what the context holds is unknown: start afresh
+        self._busy = False
 
     def _check_ids(self, prompt: Any) -> list[int]:
         if isinstance(prompt, (bytes, bytearray, memoryview)):
@@ -467,11 +488,16 @@ class _Generation(Iterator[Event]):
             for w in self._workers:
                 _join(w)
         finally:
-            if self._workers and not self._settled.is_set() and self.model._ctx is not None:
-                self.model._forget_prefix()  # what the context holds is unknown: start afresh
-            self._released = True
-            self.model._busy = False
-            _LIVE.discard(self)
+            # Ctrl-C can land between the joins above: the claim is freed only once the engine's thread is
+            # gone (else Model._finish_interrupted_release completes it before the next call)
+            if not any(w.is_alive() for w in self._workers):
+                if self._workers and not self._settled.is_set() and self.model._ctx is not None:
+                    self.model._forget_prefix()  # what the context holds is unknown: start afresh
+                self._released = True
+                self.model._busy = False
+                if self.model._holder is not None and self.model._holder() is self:
+                    self.model._holder = None
+                _LIVE.discard(self)
 
 
 def _join(worker: threading.Thread) -> None:
