@@ -83,9 +83,7 @@ class Model:
         self._ctx = _core.Context(self._model, n_ctx=n_ctx, n_batch=n_batch, n_threads=n_threads or _default_threads())
         self._seed = seed
         self._stored: list[int] = []  # tokens whose K/V the context holds, in order
-        self._busy = False
-        self._holder: weakref.ref[_Generation] | None = None  # the stream holding the claim (dropping it releases)
-        self._claim: tuple[list[threading.Thread], threading.Event] | None = None  # its engine threads, abort flag
+        self._claim: _Claim | None = None  # the stream generation holding this Model, until released
         self._warned_overflow = False
 
     # ---- construction from the Hub --------------------------------------------------------------------
@@ -205,29 +203,22 @@ class Model:
         _check_seed(seed)
         # The Model is claimed now, not at the first next(): a second stream fails here instead of racing
         # this one. Finishing, closing or dropping the iterator releases it.
-        self._busy = True
+        claim = self._claim = _Claim(self)
         try:
-            gen = _Generation(self, tokens, settings, int(seed), drafts, stops)
-            self._holder = weakref.ref(gen)
-            self._claim = (gen._workers, gen._abort)
-            return gen
+            return _Generation(self, claim, tokens, settings, int(seed), drafts, stops)
         except BaseException:
-            self._busy = False
+            claim.release()
             raise
+
+    @property
+    def _busy(self) -> bool:
+        return self._claim is not None and not self._claim.released
 
     def _finish_interrupted_release(self) -> None:
         """A stream told to stop whose release a second Ctrl-C cut short still holds the claim: wait for its
         engine thread (at most the current step) and release it, rather than race that thread."""
-        if not self._busy or self._claim is None or not self._claim[1].is_set():
-            return
-        h = self._holder() if self._holder is not None else None
-        if h is not None:
-            h._release()
-            return
-        for w in self._claim[0]:  # the stream itself is gone (dropped): its thread may still be stopping
-            _join(w)
-        self._forget_prefix()      # what the context holds is unknown: start afresh
-        self._busy = False
+        if self._busy and self._claim.abort.is_set():
+            self._claim.release()
 
     def _check_ids(self, prompt: Any) -> list[int]:
         if isinstance(prompt, (bytes, bytearray, memoryview)):
@@ -275,8 +266,8 @@ class Model:
         return tokens[n:]
 
     def _stream(self, tokens: list[int], settings: dict[str, Any], seed: int, drafts: bool,
-                stops: list[str], abort: threading.Event, workers: list[threading.Thread],
-                settled: threading.Event) -> Iterator[Event]:
+                stops: list[str], claim: _Claim) -> Iterator[Event]:
+        abort = claim.abort
         self._context()  # an iterator created before close() and started after it
         q: queue.Queue = queue.Queue()
         commits: list[dict] = []
@@ -300,7 +291,7 @@ class Model:
                 q.put(("error", e))
 
         worker = threading.Thread(target=work, name="dgemma-generate", daemon=True)
-        workers.append(worker)
+        claim.workers.append(worker)
         answer: list[int] = []
         scanner = StopScanner(stops)
         stop_text = ""  # the answer up to the stop string, once one is found
@@ -348,7 +339,7 @@ class Model:
                 _join(worker)
             finally:
                 self._settle(tokens, commits)
-                settled.set()
+                claim.settled.set()
 
     def _forget_prefix(self) -> None:
         self._ctx.truncate(0)
@@ -433,19 +424,48 @@ class Model:
                 yield chunk({}, ev.finish_reason, usage=_usage(len(tokens), ev))
 
 
+class _Claim:
+    """A stream's hold on its Model: the engine threads it started, their abort flag, whether the Model
+    recorded what the context holds. The Model keeps it (a stream dropped mid-release must not strand it)."""
+
+    def __init__(self, model: Model) -> None:
+        self.model = model
+        self.abort = threading.Event()
+        self.workers: list[threading.Thread] = []
+        self.settled = threading.Event()
+        self.released = False
+
+    def stop(self) -> None:
+        """Ask the engine to stop after its current step and wait for it (any thread)."""
+        self.abort.set()
+        for w in self.workers:
+            _join(w)
+
+    def release(self) -> None:
+        """Free the Model, only once the engine's threads are gone: a second Ctrl-C can land anywhere in
+        here, and a new generation must never overlap this one (Model._finish_interrupted_release completes
+        a release cut short before the next call)."""
+        if self.released:
+            return
+        try:
+            self.stop()
+        finally:
+            if not any(w.is_alive() for w in self.workers):
+                if self.workers and not self.settled.is_set() and self.model._ctx is not None:
+                    self.model._forget_prefix()  # what the context holds is unknown: start afresh
+                self.released = True
+
+
 class _Generation(Iterator[Event]):
     """The iterator stream_generate returns: it holds the Model's claim from the call until the stream
     ends, is closed, or is dropped (even if it never started), and lets close() and interpreter exit stop
     a stream that is running in another frame or thread."""
 
-    def __init__(self, model: Model, tokens: list[int], settings: dict[str, Any], seed: int, drafts: bool,
-                 stops: list[str]) -> None:
+    def __init__(self, model: Model, claim: _Claim, tokens: list[int], settings: dict[str, Any], seed: int,
+                 drafts: bool, stops: list[str]) -> None:
         self.model = model
-        self._abort = threading.Event()
-        self._workers: list[threading.Thread] = []
-        self._settled = threading.Event()
-        self._gen = model._stream(tokens, settings, seed, drafts, stops, self._abort, self._workers, self._settled)
-        self._released = False
+        self._claim = claim
+        self._gen = model._stream(tokens, settings, seed, drafts, stops, claim)
         self._consumer: int | None = None  # the thread that iterates it
         _LIVE.add(self)
 
@@ -470,34 +490,15 @@ class _Generation(Iterator[Event]):
             self.stop()
 
     def stop(self) -> None:
-        """Ask the engine to stop after its current step and wait for it (any thread)."""
-        self._abort.set()
-        for w in self._workers:
-            _join(w)
+        self._claim.stop()
 
     def __del__(self) -> None:
         self.close()
 
     def _release(self) -> None:
-        """Free the Model, only once the engine's thread is gone: a second Ctrl-C can land inside the
-        generator's own cleanup and cut it short, and a new generation must never overlap this one."""
-        if self._released:
-            return
-        self._abort.set()
-        try:
-            for w in self._workers:
-                _join(w)
-        finally:
-            # Ctrl-C can land between the joins above: the claim is freed only once the engine's thread is
-            # gone (else Model._finish_interrupted_release completes it before the next call)
-            if not any(w.is_alive() for w in self._workers):
-                if self._workers and not self._settled.is_set() and self.model._ctx is not None:
-                    self.model._forget_prefix()  # what the context holds is unknown: start afresh
-                self._released = True
-                self.model._busy = False
-                if self.model._holder is not None and self.model._holder() is self:
-                    self.model._holder = None
-                _LIVE.discard(self)
+        self._claim.release()
+        if self._claim.released:
+            _LIVE.discard(self)
 
 
 def _join(worker: threading.Thread) -> None:
