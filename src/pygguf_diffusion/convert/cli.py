@@ -7,7 +7,7 @@ import sys
 
 from .converter import convert
 from .errors import ConversionError
-from .._signals import Terminated, raise_on_termination
+from .._signals import run_writer
 from ..quant.policy import MIXES, Policy, parse_override, target_names
 
 
@@ -33,7 +33,6 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s: %(message)s", stream=sys.stderr)
-    raise_on_termination()
     if args.threads is not None and not 1 <= args.threads <= 512:
         print(f"error: --threads {args.threads}: must be in [1, 512]", file=sys.stderr)
         return 2
@@ -45,26 +44,16 @@ def main(argv: list[str] | None = None) -> int:
         where = "" if str(e).startswith("--tensor-type") else f"--outtype {args.outtype}: "
         print(f"error: {where}{e}", file=sys.stderr)
         return 2
-    try:
-        out = convert(args.model, args.outfile, args.outtype, force=args.force,
-                      progress=not args.no_progress and sys.stderr.isatty(), name=args.name,
-                      tensor_types=overrides, imatrix=args.imatrix, n_threads=args.threads,
-                      report=summaries.append)
-    except ConversionError as e:
-        print(f"error: cannot convert: {e}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("error: interrupted: no output was written", file=sys.stderr)
-        return 130
-    except Terminated as e:
-        print(f"error: terminated by signal {e.signum}: no output was written", file=sys.stderr)
-        return 128 + e.signum
-    except OSError as e:
-        print(f"error: cannot convert: {e}\n  check the paths and free disk space", file=sys.stderr)
-        return 1
+    written: list = []
+    rc = run_writer(lambda: written.append(convert(
+        args.model, args.outfile, args.outtype, force=args.force,
+        progress=not args.no_progress and sys.stderr.isatty(), name=args.name, tensor_types=overrides,
+        imatrix=args.imatrix, n_threads=args.threads, report=summaries.append)), "convert", (ConversionError,))
+    if rc:
+        return rc
     for sm in summaries:
         print(sm.text(), file=sys.stderr)
-    print(out)
+    print(written[0])
     return 0
 
 

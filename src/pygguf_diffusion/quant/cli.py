@@ -6,7 +6,7 @@ import argparse
 import logging
 import sys
 
-from .._signals import Terminated, raise_on_termination
+from .._signals import run_writer
 from .._core import EngineError
 from .policy import MIXES, Policy, parse_override, target_names
 from .requantize import QuantizeError, requantize
@@ -44,27 +44,14 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    raise_on_termination()
     summaries = []
-    try:
-        requantize(args.input, args.output, args.type, tensor_types=overrides, imatrix=args.imatrix,
-                   allow_requantize=args.allow_requantize, force=args.force, n_threads=args.threads,
-                   progress=not args.no_progress and sys.stderr.isatty(), report=summaries.append)
-    except FileNotFoundError as e:
-        print(f"error: cannot quantize: {e}", file=sys.stderr)
-        return 1
-    except (QuantizeError, EngineError) as e:
-        print(f"error: cannot quantize: {e}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("error: interrupted: no output was written", file=sys.stderr)
-        return 130
-    except Terminated as e:
-        print(f"error: terminated by signal {e.signum}: no output was written", file=sys.stderr)
-        return 128 + e.signum
-    except OSError as e:
-        print(f"error: cannot quantize: {e}\n  check the paths and free disk space", file=sys.stderr)
-        return 1
+    rc = run_writer(lambda: requantize(
+        args.input, args.output, args.type, tensor_types=overrides, imatrix=args.imatrix,
+        allow_requantize=args.allow_requantize, force=args.force, n_threads=args.threads,
+        progress=not args.no_progress and sys.stderr.isatty(), report=summaries.append),
+        "quantize", (FileNotFoundError, QuantizeError, EngineError))
+    if rc:
+        return rc
     for sm in summaries:
         print(sm.text(), file=sys.stderr)
     print(args.output)

@@ -9,8 +9,9 @@ import time
 from pathlib import Path
 
 from .._core import EngineError
-from .._signals import Terminated, raise_on_termination
+from .._signals import run_writer
 from .collect import imatrix_from_file
+from .imatrix import Imatrix
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -35,30 +36,25 @@ def main(argv: list[str] | None = None) -> int:
     if args.chunk < 1 or (args.chunks is not None and args.chunks < 1):
         print("error: --chunk and --chunks must be positive", file=sys.stderr)
         return 2
-    raise_on_termination()
     t0 = time.perf_counter()
 
     def progress(i: int, n: int, steps: int) -> None:
         print(f"\r[{i}/{n}] prompts, {steps} steps in the last, {time.perf_counter() - t0:.0f} s", end="",
               file=sys.stderr, flush=True)
 
-    try:
-        im = imatrix_from_file(args.model, args.file, chat=args.chat, chunk_tokens=args.chunk,
-                               max_chunks=args.chunks, n_ctx=args.ctx, n_threads=args.threads, seed=args.seed,
-                               progress=progress if sys.stderr.isatty() else None)
-        im.save(out, force=args.force)
-    except FileNotFoundError as e:
-        print(f"\nerror: {e.filename or e}: no such file", file=sys.stderr)
-        return 1
-    except (EngineError, ValueError, OSError) as e:
-        print(f"\nerror: cannot compute the importance matrix: {e}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("\nerror: interrupted: no output was written", file=sys.stderr)
-        return 130
-    except Terminated as e:
-        print(f"\nerror: terminated by signal {e.signum}: no output was written", file=sys.stderr)
-        return 128 + e.signum
+    made: list[Imatrix] = []
+
+    def work() -> None:
+        made.append(imatrix_from_file(args.model, args.file, chat=args.chat, chunk_tokens=args.chunk,
+                                      max_chunks=args.chunks, n_ctx=args.ctx, n_threads=args.threads,
+                                      seed=args.seed, progress=progress if sys.stderr.isatty() else None))
+        made[0].save(out, force=args.force)
+
+    rc = run_writer(work, "compute the importance matrix", (EngineError, ValueError, OSError),
+                    prefix="\n" if sys.stderr.isatty() else "")
+    if rc:
+        return rc
+    im = made[0]
     if sys.stderr.isatty():
         print(file=sys.stderr)
     print(f"wrote {out}: {len(im.sums)} matrices from {im.chunk_count} prompts in "
