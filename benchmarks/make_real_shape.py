@@ -137,7 +137,7 @@ def main() -> int:
                           flush=True)
             f.write(b"\0" * (-f.tell() % GGUF_DEFAULT_ALIGNMENT))
             w.close()
-    summary.file_bytes = args.out.stat().st_size
+    summary.finish(args.out, None)
     print(f"\n{summary.text()}\n{time.perf_counter() - t0:.0f} s", file=sys.stderr)
     return 0
 

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from pygguf_diffusion import EngineError, _core
+from reduction_paths import run_both_reduction_paths
 
 
 @pytest.fixture(scope="module")
@@ -98,24 +99,13 @@ def test_truncate_restores_the_earlier_state(model):
 
 def test_fused_cpu_reductions_agree_with_the_generic_ggml_ops(converted):
     """The CPU kernel and the backend-independent ops (what GPUs run) give the same decisions."""
-    import subprocess
-    import sys
-
     code = (
         "import sys, numpy as np; from pygguf_diffusion import _core\n"
         f"m = _core.Model({str(converted('spec9', 'f32'))!r}); c = _core.Context(m, n_ctx=128, n_threads=2)\n"
         "r = _core.generate(c, np.arange(2, 30, dtype=np.int32), max_new_tokens=24, seed=3,"
         " max_denoising_steps=6, on_draft=lambda d: print('H', *np.round(d['entropy'], 4)))\n"
         "print('T', *r['tokens'])\n")
-    runs = []
-    for env in ({}, {"DGEMMA_GENERIC_REDUCTIONS": "1"}):
-        import os
-
-        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
-                             env={**os.environ, **env})
-        assert out.returncode == 0, out.stderr
-        runs.append(out.stdout.splitlines())
-    fused, generic = runs
+    fused, generic = run_both_reduction_paths(code)
     assert fused[-1] == generic[-1]  # same tokens: same argmax, samples and acceptance
     for a, b in zip(fused[:-1], generic[:-1]):
         np.testing.assert_allclose(np.array(a.split()[1:], float), np.array(b.split()[1:], float), atol=2e-3)
@@ -152,10 +142,6 @@ def test_generic_reductions_break_ties_low_and_never_draw_past_the_mass(converte
     """Every token's logit equal except the last (far below): the lowest index is the argmax on both
     paths, and a uniform just under 1 draws the last *likely* token, not the improbable last id (a float
     cumsum that ends short of 1 used to leave every entry below u and fall to V - 1)."""
-    import os
-    import subprocess
-    import sys
-
     from gguf_edit import rewrite
 
     def tie(name, data):
@@ -173,13 +159,7 @@ def test_generic_reductions_break_ties_low_and_never_draw_past_the_mass(converte
         "u = np.array([0.99999994, 0.0, 0.5, 0.25, 0.999, 0.75, 0.1, 0.9], dtype=np.float32)[:C]\n"
         "am, ent, smp = c.decode_step_reduced(np.arange(3, 3 + C, dtype=np.int32), u)\n"
         "print(*am); print(*smp); print(*np.round(ent, 4))\n")
-    runs = []
-    for env in ({}, {"DGEMMA_GENERIC_REDUCTIONS": "1"}):
-        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
-                             env={**os.environ, **env})
-        assert out.returncode == 0, out.stderr
-        runs.append(out.stdout.splitlines())
-    fused, generic = runs
+    fused, generic = run_both_reduction_paths(code)
     assert fused[0].split() == generic[0].split() == ["0"] * 8
     assert fused[1] == generic[1]
     samples = [int(s) for s in fused[1].split()]

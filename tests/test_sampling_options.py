@@ -3,15 +3,13 @@ token drawn for accepted positions; stop strings end generation; n and response_
 clearly. The CPU kernel's draw is checked against a NumPy formulation of the same definition."""
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
 from pygguf_diffusion import CommitEvent, EngineError, Model, _core
 from pygguf_diffusion._stops import StopScanner
+from reduction_paths import run_both_reduction_paths
 
 FAST = {"max_denoising_steps": 3}
 
@@ -176,12 +174,7 @@ def test_generic_reductions_take_temperature_and_refuse_top_k(converted):
         "    _core.generate(c, np.arange(2, 9, dtype=np.int32), max_new_tokens=8, top_k=3)\n"
         "except _core.EngineError as e:\n"
         "    print('ERR', e)\n")
-    outs = []
-    for env in ({}, {"DGEMMA_GENERIC_REDUCTIONS": "1"}):
-        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
-                             env={**os.environ, **env})
-        assert out.returncode == 0, out.stderr
-        outs.append(out.stdout.splitlines())
+    outs = run_both_reduction_paths(code)
     assert outs[0][:3] == outs[1][:3]  # temperature 0.6, greedy, and a temperature small enough to be greedy
     assert outs[0][1] == outs[0][2] != outs[0][0]
     assert len(outs[0]) == 3  # the CPU kernel takes top_k

@@ -225,6 +225,9 @@ std::vector<quant_type_info> quant_types();
 // does not divide, a type that needs an importance matrix without one, or output ggml finds invalid.
 size_t quantize_rows(int type, const float * src, void * dst, int64_t nrows, int64_t n_per_row,
                      const float * imatrix, int n_threads);
+// Bytes of one row of n_per_row values of `type`; throws dgemma::error (naming `what`) for an unknown type
+// or a row length its block does not divide.
+size_t quant_row_bytes(int type, int64_t n_per_row, const char * what);
 // Decodes nrows rows of `type` into floats.
 void dequantize_rows(int type, const void * src, float * dst, int64_t nrows, int64_t n_per_row, int n_threads);
 

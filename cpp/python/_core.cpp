@@ -533,10 +533,7 @@ PYBIND11_MODULE(_core, m) {
         }
         if (n_threads < 1 || n_threads > 512) throw dgemma::error("quantize: n_threads must be in [1, 512]");
         // the row size (and the checks) first, so a bad type or shape fails before allocating
-        size_t row_size = 0;
-        for (const auto & q : dgemma::quant_types()) {
-            if (q.id == type) row_size = q.type_size * (size_t) (n_per_row / std::max<int64_t>(1, q.block_size));
-        }
+        const size_t row_size = dgemma::quant_row_bytes(type, n_per_row, "quantize");
         py::array_t<uint8_t> out((py::ssize_t) (row_size * (size_t) nrows));
         {
             py::gil_scoped_release release;
@@ -547,11 +544,8 @@ PYBIND11_MODULE(_core, m) {
        "Encode float rows as ggml type `type` (an id) with ggml's quantizer; returns the bytes (uint8 array).");
     m.def("dequantize", [](int type, py::array_t<uint8_t, py::array::c_style | py::array::forcecast> data,
                            int64_t nrows, int64_t n_per_row, int n_threads) {
-        size_t row_size = 0;
-        for (const auto & q : dgemma::quant_types()) {
-            if (q.id == type) row_size = q.type_size * (size_t) (n_per_row / std::max<int64_t>(1, q.block_size));
-        }
-        if (nrows < 0 || (size_t) data.size() != row_size * (size_t) nrows || row_size == 0) {
+        const size_t row_size = dgemma::quant_row_bytes(type, n_per_row, "dequantize");
+        if (nrows < 0 || (size_t) data.size() != row_size * (size_t) nrows) {
             throw dgemma::error("dequantize: " + std::to_string(data.size()) + " bytes do not hold " +
                                 std::to_string(nrows) + " rows of " + std::to_string(n_per_row) +
                                 " values of type id " + std::to_string(type));

@@ -70,6 +70,12 @@ void split_rows(int64_t nrows, int n_threads, F fn) {
 
 } // namespace
 
+size_t quant_row_bytes(int type, int64_t n_per_row, const char * what) {
+    const ggml_type t = checked_type(type, what);
+    check_rows(t, 0, n_per_row, what);
+    return ggml_row_size(t, n_per_row);
+}
+
 std::vector<quant_type_info> quant_types() {
     std::vector<quant_type_info> out;
     for (int i = 0; i < GGML_TYPE_COUNT; i++) {

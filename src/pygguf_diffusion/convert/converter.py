@@ -243,11 +243,7 @@ def convert(model_dir: str | os.PathLike[str], outfile: str | os.PathLike[str] |
         _pad(f, GGUF_DEFAULT_ALIGNMENT)
         w.close()
         bar.close()
-    summary.file_bytes = outfile.stat().st_size
-    logger.info("%s", summary.text())
-    if report is not None:
-        report(summary)
-    return outfile
+    return summary.finish(outfile, report)
 
 
 def _load_imatrix(path: str | os.PathLike[str] | None, policy: Policy) -> Imatrix | None:

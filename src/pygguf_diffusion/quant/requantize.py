@@ -119,11 +119,7 @@ def _requantize(r: gguf_raw.RawGGUF, src: Path, dst: Path, policy: Policy, imat:
             summary.add(t.name, c.cls, c.qtype.name, int(np.prod(shape)), n, c.reason)
         f.write(b"\0" * (-(f.tell() - data_start) % r.alignment))
         bar.close()
-    summary.file_bytes = dst.stat().st_size
-    logger.info("%s", summary.text())
-    if report is not None:
-        report(summary)
-    return dst
+    return summary.finish(dst, report)
 
 
 def _write_tensor(f, r: gguf_raw.RawGGUF, t: gguf_raw.RawTensor, shape: tuple[int, ...], q: qtypes.QType,

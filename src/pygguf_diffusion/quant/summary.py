@@ -2,10 +2,15 @@
 tensor class, and every fallback or override with its reason."""
 from __future__ import annotations
 
+import logging
 from collections import Counter, defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from .policy import TensorClass
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -26,6 +31,14 @@ class WriteSummary:
         self.params_by_class[cls] += n_values
         if reason:
             self.notes[reason].append(name)
+
+    def finish(self, path: Path, report: Callable[[WriteSummary], None] | None) -> Path:
+        """Record the written file's size, log the summary and hand it to report; returns path."""
+        self.file_bytes = path.stat().st_size
+        logger.info("%s", self.text())
+        if report is not None:
+            report(self)
+        return path
 
     @property
     def bits_per_weight(self) -> float:
