@@ -3,7 +3,6 @@ token drawn for accepted positions; stop strings end generation; n and response_
 clearly. The CPU kernel's draw is checked against a NumPy formulation of the same definition."""
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
 
