@@ -15,9 +15,9 @@ from .._progress import progress_bar
 from .._core import EngineError
 from ..atomic_output import atomic_output
 from ..quant.encode import chunks, default_threads, encode_rows
-from ..quant.imatrix import Imatrix
+from ..quant.imatrix import Imatrix, importance_for, load_for
 from ..quant.policy import Policy, TensorClass
-from ..quant.qtypes import NEEDS_IMATRIX, QType
+from ..quant.qtypes import QType
 from ..quant.summary import WriteSummary
 from . import tensor_map
 from .errors import ConversionError
@@ -39,6 +39,7 @@ class _Planned:
     qtype: QType
     cls: TensorClass
     reason: str | None        # why qtype is not what the mix asked for
+    importance: np.ndarray | None  # (n_mat, row length) from the importance matrix
     source: TensorRef | None  # None: generated (rope_freqs)
 
     @property
@@ -138,15 +139,11 @@ def _plan(p: ModelParams, refs: dict[str, TensorRef], policy: Policy, model_dir:
             raise ConversionError(f"{ref.file}: tensor {ref.name!r} has shape {list(ref.shape)}, expected "
                                   f"{list(spec.shape)} from config.json")
         c = policy.choose(name, len(spec.shape), spec.shape[-1])  # the policy keeps vectors and the router f32
-        if imatrix is not None and c.qtype.is_quantized:
-            try:
-                have = imatrix.for_tensor(name, spec.shape) is not None
-            except ValueError as e:
-                raise ConversionError(f"{e}; the importance matrix belongs to another model") from None
-            if not have and c.qtype.name in NEEDS_IMATRIX:
-                raise ConversionError(f"{imatrix.path}: has no data for {name}, which {policy.name} stores as "
-                                      f"{c.qtype.name}; compute the matrix with this model's dgemma-imatrix")
-        plan.append(_Planned(name, spec.shape, c.qtype, c.cls, c.reason, ref))
+        try:
+            importance = importance_for(imatrix, name, spec.shape, c.qtype, policy.name)
+        except ValueError as e:
+            raise ConversionError(str(e)) from None
+        plan.append(_Planned(name, spec.shape, c.qtype, c.cls, c.reason, importance, ref))
     return plan
 
 
@@ -156,8 +153,7 @@ def _pad(f, align: int) -> None:
         f.write(b"\0" * pad)
 
 
-def _write_tensor(f, t: _Planned, data: np.ndarray | None, imatrix: Imatrix | None, n_threads: int,
-                  progress: Callable[[int], None]) -> None:
+def _write_tensor(f, t: _Planned, data: np.ndarray | None, n_threads: int, progress: Callable[[int], None]) -> None:
     ncol = t.shape[-1]
     if data is not None:  # generated
         f.write(encode_rows(data.reshape(-1, ncol), t.qtype, None, n_threads))
@@ -165,7 +161,7 @@ def _write_tensor(f, t: _Planned, data: np.ndarray | None, imatrix: Imatrix | No
         return
     ref = t.source
     assert ref is not None
-    importance = imatrix.for_tensor(t.name, t.shape) if imatrix is not None and t.qtype.is_quantized else None
+    importance = t.importance
     rows_per_matrix = t.shape[-2] if len(t.shape) == 3 else ref.n_rows
     for r0, r1, m in chunks(ref.n_rows, rows_per_matrix, ncol):
         rows = ref.read_f32(r0, r1)
@@ -206,7 +202,10 @@ def convert(model_dir: str | os.PathLike[str], outfile: str | os.PathLike[str] |
         policy = Policy(str(outtype), p.n_layer, tensor_types)
     except ValueError as e:
         raise ConversionError(f"--outtype {outtype}: {e}") from None
-    imat = _load_imatrix(imatrix, policy)
+    try:
+        imat = load_for(imatrix, policy)
+    except ValueError as e:
+        raise ConversionError(str(e)) from None
     if outfile is None:
         outfile = model_dir / f"{model_dir.name}-{policy.name.upper()}.gguf"
     outfile = Path(outfile)
@@ -235,7 +234,7 @@ def convert(model_dir: str | os.PathLike[str], outfile: str | os.PathLike[str] |
             _pad(f, GGUF_DEFAULT_ALIGNMENT)
             generated = np.asarray(tensor_map.rope_freqs(p), dtype=np.float32) if t.source is None else None
             try:
-                _write_tensor(f, t, generated, imat, threads, bar.update)
+                _write_tensor(f, t, generated, threads, bar.update)
             except EngineError as e:  # the quantizer's refusals (non-finite values, out of range)
                 raise ConversionError(f"tensor {t.name} ({t.source.name if t.source else 'generated'}): "
                                       f"{e}") from None
@@ -244,16 +243,3 @@ def convert(model_dir: str | os.PathLike[str], outfile: str | os.PathLike[str] |
         w.close()
         bar.close()
     return summary.finish(outfile, report)
-
-
-def _load_imatrix(path: str | os.PathLike[str] | None, policy: Policy) -> Imatrix | None:
-    if path is None:
-        if policy.needs_imatrix:
-            raise ConversionError(f"{policy.name} needs an importance matrix (types "
-                                  f"{', '.join(sorted(t for t in policy.types_used() if t.startswith('iq')))}); "
-                                  "make one with dgemma-imatrix and pass --imatrix")
-        return None
-    try:
-        return Imatrix.load(path)
-    except (OSError, ValueError) as e:
-        raise ConversionError(f"{path}: cannot read the importance matrix: {e}") from None

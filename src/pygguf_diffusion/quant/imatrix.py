@@ -128,3 +128,39 @@ class Imatrix:
             w.write_tensors_to_file()
             w.close()
         return out
+
+
+def load_for(path: str | os.PathLike[str] | None, policy) -> Imatrix | None:
+    """The importance matrix a conversion or requantization to `policy` uses (None without one); raises
+    ValueError, saying what to do, when it cannot be read or the policy needs one and none was given."""
+    from .qtypes import NEEDS_IMATRIX
+
+    if path is None:
+        if policy.needs_imatrix:
+            need = ", ".join(sorted(t for t in policy.types_used() if t in NEEDS_IMATRIX))
+            raise ValueError(f"{policy.name} needs an importance matrix (types {need}); make one with "
+                             "dgemma-imatrix and pass --imatrix")
+        return None
+    try:
+        return Imatrix.load(path)
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{path}: cannot read the importance matrix: {e}") from None
+
+
+def importance_for(imat: Imatrix | None, name: str, shape: tuple[int, ...], qtype, target: str) -> np.ndarray | None:
+    """The (n_mat, row length) importances for tensor `name` stored as `qtype`, or None when there is none
+    to use; raises ValueError when the matrix belongs to another model or lacks a tensor the type needs."""
+    from .qtypes import NEEDS_IMATRIX
+
+    if imat is None or not qtype.is_quantized:
+        if qtype.name in NEEDS_IMATRIX:
+            raise ValueError(f"{name}: {qtype.name} needs an importance matrix; pass --imatrix")
+        return None
+    try:
+        imp = imat.for_tensor(name, shape)
+    except ValueError as e:
+        raise ValueError(f"{e}; the importance matrix belongs to another model") from None
+    if imp is None and qtype.name in NEEDS_IMATRIX:
+        raise ValueError(f"{imat.path}: has no data for {name}, which {target} stores as {qtype.name}; compute the "
+                         "matrix with this model's dgemma-imatrix")
+    return imp

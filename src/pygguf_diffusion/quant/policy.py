@@ -94,11 +94,6 @@ class Mix:
             return self.more_bits[cls]
         return self.types.get(cls, self.base)
 
-    @property
-    def needs_imatrix(self) -> bool:
-        used = {self.base, *self.types.values(), *self.more_bits.values()}
-        return any(t in qtypes.NEEDS_IMATRIX for t in used)
-
 
 _DOWN = {C.DENSE_DOWN, C.EXPERT_DOWN}
 MIXES: dict[str, Mix] = {m.name: m for m in [

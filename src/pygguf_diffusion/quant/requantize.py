@@ -18,7 +18,7 @@ from ..atomic_output import atomic_output
 from ..gguf_info import inspect_gguf
 from . import gguf_raw, qtypes
 from .encode import chunks, decode_rows, default_threads, encode_rows
-from .imatrix import Imatrix
+from .imatrix import Imatrix, importance_for, load_for
 from .policy import Policy
 from .summary import WriteSummary
 
@@ -45,29 +45,23 @@ def requantize(src: str | os.PathLike[str], dst: str | os.PathLike[str], target:
         policy = Policy(target, info.hparams["n_layer"], tensor_types)
     except ValueError as e:
         raise QuantizeError(str(e)) from None
-    imat = None
-    if imatrix is not None:
-        try:
-            imat = Imatrix.load(imatrix)
-        except (OSError, ValueError) as e:
-            raise QuantizeError(f"{imatrix}: cannot read the importance matrix: {e}") from None
-    elif policy.needs_imatrix:
-        raise QuantizeError(f"{policy.name} needs an importance matrix (types "
-                            f"{', '.join(sorted(t for t in policy.types_used() if t in qtypes.NEEDS_IMATRIX))}); "
-                            "make one with dgemma-imatrix and pass --imatrix")
+    try:
+        imat = load_for(imatrix, policy)
+    except ValueError as e:
+        raise QuantizeError(str(e)) from None
     try:
         r = gguf_raw.RawGGUF(src)
     except gguf_raw.RawGGUFError as e:
         raise QuantizeError(str(e)) from None
     try:
-        return _requantize(r, src, dst, policy, imat, imatrix, allow_requantize, force,
+        return _requantize(r, src, dst, policy, imat, allow_requantize, force,
                            n_threads or default_threads(), progress, report)
     finally:
         r.close()
 
 
 def _requantize(r: gguf_raw.RawGGUF, src: Path, dst: Path, policy: Policy, imat: Imatrix | None,
-                imatrix: str | os.PathLike[str] | None, allow_requantize: bool, force: bool, threads: int,
+                allow_requantize: bool, force: bool, threads: int,
                 progress: bool, report: Callable[[WriteSummary], None] | None) -> Path:
     lossy = sorted({qtypes.by_id(t.type_id).name for t in r.tensors if qtypes.by_id(t.type_id).is_quantized})
     if lossy and not allow_requantize:
@@ -80,17 +74,10 @@ def _requantize(r: gguf_raw.RawGGUF, src: Path, dst: Path, policy: Policy, imat:
         while len(shape) > 1 and shape[0] == 1:
             shape = shape[1:]
         c = policy.choose(t.name, len(shape), shape[-1])
-        if imat is None and c.qtype.name in qtypes.NEEDS_IMATRIX:
-            raise QuantizeError(f"{t.name}: {c.qtype.name} needs an importance matrix; pass --imatrix")
-        importance = None
-        if imat is not None and c.qtype.is_quantized:
-            try:
-                importance = imat.for_tensor(t.name, shape)
-            except ValueError as e:
-                raise QuantizeError(str(e)) from None
-            if importance is None and c.qtype.name in qtypes.NEEDS_IMATRIX:
-                raise QuantizeError(f"{imatrix}: has no data for {t.name}, which {policy.name} stores as "
-                                    f"{c.qtype.name}; compute the matrix with this model's dgemma-imatrix")
+        try:
+            importance = importance_for(imat, t.name, shape, c.qtype, policy.name)
+        except ValueError as e:
+            raise QuantizeError(str(e)) from None
         nbytes = int(np.prod(shape[:-1], dtype=np.int64)) * c.qtype.row_bytes(shape[-1])
         offset += -offset % r.alignment
         plan.append((t, shape, c, importance, offset))
