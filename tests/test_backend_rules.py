@@ -95,3 +95,27 @@ def test_vocabulary_wide_products_ask_for_f32_accumulation(converted):
                 if n["op"] == "MUL_MAT" and n["src"][0]["name"] in ("token_embd_t", "token_embd.weight")}
     assert set(products) == {"token_embd_t", "token_embd.weight"}
     assert all(n["op_param0"] == 10 for n in products.values())  # GGML_PREC_F32
+
+
+def test_a_decoder_step_uploads_o_of_the_canvas_whatever_the_stored_prefix(converted):
+    # The masks are fixed for a canvas and every canvas row sees the same keys: the full layers' mask is
+    # computed in the graph and the sliding one is a single row repeated there, so a step's uploads do not
+    # grow with the prefix (a full [pad(P + C), C] mask per step was 64 MiB at a 128k context)
+    m = _core.Model(str(converted("long256", "f32")), 0, False)
+    ctx = _core.Context(m, 4096, 512, 2)
+    C = ctx.canvas_length
+    canvas = np.arange(3, 3 + C, dtype=np.int32)
+    rng = np.random.default_rng(1)
+    sent = {}
+    for n_prompt in (5, 3000):
+        ctx.truncate(0)
+        ctx.encode(rng.integers(3, 500, n_prompt).astype(np.int32))
+        ctx.decode_step(canvas, None, 1.0, False)
+        ctx.decode_step(canvas, "previous", 1.0, False)
+        sent[n_prompt] = ctx.step_input_bytes
+    assert sent[5] == sent[3000], sent
+    hp = m.info()["hparams"]
+    rope = 2 * 4 * C * (hp["head_dim_swa"] + hp["head_dim_full"])          # cos and sin, f32, both kinds
+    assert sent[3000] <= rope + 32 * C + 2 * (1024 + C) + 64, sent   # + ids, slots, uniforms; one mask row
+    ctx.decode_step(canvas, np.zeros((C, m.info()["hparams"]["n_vocab"]), np.float32), 1.0, False)
+    assert ctx.step_input_bytes > sent[5]   # logits a caller gives are uploaded (and counted)

@@ -135,6 +135,11 @@ model_info inspect_gguf(const std::string & path);
 struct model_params {
     int32_t n_gpu_layers = -1;     // layers whose weights live on the GPU (-1: all, and the globals too)
     bool    cpu_moe      = false;  // keep expert tensors on the CPU (small GPUs)
+    int32_t n_cpu_moe    = 0;      // keep the expert tensors of the first n_cpu_moe layers on the CPU
+    // llama.cpp's --override-tensor: (regular expression searched in the tensor name, device). The first
+    // match wins over every rule above. Devices: "CPU", "GPU" (the device in use) or its ggml name
+    // ("CUDA0", "Metal"); naming a GPU where none is in use is an error.
+    std::vector<std::pair<std::string, std::string>> tensor_overrides;
     // Called while loading with the fraction done in [0, 1] (weights copied to devices, then the
     // transposed embedding built), last with 1. May throw to abort the load.
     std::function<void(float)> progress;
@@ -144,6 +149,10 @@ struct context_params {
     int32_t n_ctx     = 4096;      // positions the context can hold: prompt + every canvas
     int32_t n_batch   = 512;       // prompt tokens per encoder chunk (bounds compute memory)
     int32_t n_threads = 0;         // CPU threads; 0 = hardware concurrency
+    // KV store element types: "f32", "f16", "bf16", "q8_0", "q5_1", "q5_0", "q4_1", "q4_0" (the types
+    // flash attention reads on every backend). Quantized types need head dims their block divides.
+    std::string type_k = "f32";
+    std::string type_v = "f32";
 };
 
 class model;    // weights on backends; shared by contexts, immutable after load
@@ -179,6 +188,9 @@ using activation_stats = std::map<std::string, activation_entry>;
 // straight from the memory-mapped file. Throws dgemma::error.
 std::shared_ptr<model> load_model(const std::string & path, const model_params & params);
 const model_info & get_model_info(const model & m);
+// Where each weight tensor lives: (GGUF tensor name, ggml buffer name: "CPU" for the mapping, "CUDA0", ...),
+// in file order.
+std::vector<std::pair<std::string, std::string>> get_weight_placement(const model & m);
 
 enum class self_cond {
     none,       // first step of a canvas: no self-conditioning (the post-norm still runs)
@@ -273,6 +285,9 @@ public:
 
     // Decoder graphs built so far: one per canvas (store length), reused by every step of that canvas.
     int64_t decoder_graph_builds() const;
+    // Bytes the last decoder step uploaded to the device for its inputs: O(canvas) plus one sliding-mask
+    // row, whatever the stored prefix (plus n_vocab x canvas floats when the caller gave sc logits).
+    size_t step_input_bytes() const;
 
     context_memory memory() const;
     int32_t n_threads() const;

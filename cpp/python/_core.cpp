@@ -282,10 +282,13 @@ PYBIND11_MODULE(_core, m) {
     }, py::arg("path"), "Open a GGUF, check it against the DiffusionGemma schema, return its description.");
 
     py::class_<model_handle>(m, "Model")
-        .def(py::init([](const std::string & path, int n_gpu_layers, bool cpu_moe, py::object progress) {
+        .def(py::init([](const std::string & path, int n_gpu_layers, bool cpu_moe, py::object progress,
+                         int n_cpu_moe, std::vector<std::pair<std::string, std::string>> tensor_overrides) {
                  dgemma::model_params p;
                  p.n_gpu_layers = n_gpu_layers;
                  p.cpu_moe = cpu_moe;
+                 p.n_cpu_moe = n_cpu_moe;
+                 p.tensor_overrides = std::move(tensor_overrides);
                  std::unique_ptr<py::error_already_set> pending;
                  if (!progress.is_none()) {
                      // a Python error (Ctrl-C included) aborts the load and is re-raised here
@@ -309,20 +312,32 @@ PYBIND11_MODULE(_core, m) {
                  }
                  return model_handle{m};
              }), py::arg("path"), py::arg("n_gpu_layers") = -1, py::arg("cpu_moe") = false,
-             py::arg("progress") = py::none(), "progress: called with the fraction loaded in [0, 1].")
+             py::arg("progress") = py::none(), py::arg("n_cpu_moe") = 0,
+             py::arg("tensor_overrides") = std::vector<std::pair<std::string, std::string>>{},
+             "progress: called with the fraction loaded in [0, 1]. n_cpu_moe: the experts of the first N layers stay "
+             "on the CPU. tensor_overrides: [(regex, device)], the first match wins (llama.cpp's -ot).")
+        .def("placement", [](const model_handle & h) {
+                 py::dict d;
+                 for (const auto & [name, buf] : dgemma::get_weight_placement(*h.m)) d[py::str(name)] = buf;
+                 return d;
+             }, "GGUF tensor name -> the ggml buffer holding it (CPU: the file mapping).")
         .def("info", [](const model_handle & h) { return to_dict(dgemma::get_model_info(*h.m)); })
         .def("vocab", [](const model_handle & h) { return vocab_dict(dgemma::get_model_vocab(*h.m)); },
              "The tokenizer arrays, read from the already-open file.");
 
     py::class_<dgemma::context>(m, "Context")
-        .def(py::init([](const model_handle & h, int n_ctx, int n_batch, int n_threads) {
+        .def(py::init([](const model_handle & h, int n_ctx, int n_batch, int n_threads, std::string type_k,
+                         std::string type_v) {
                  dgemma::context_params p;
                  p.n_ctx = n_ctx;
                  p.n_batch = n_batch;
                  p.n_threads = n_threads;
+                 p.type_k = std::move(type_k);
+                 p.type_v = std::move(type_v);
                  py::gil_scoped_release release;
                  return std::make_unique<dgemma::context>(h.m, p);
-             }), py::arg("model"), py::arg("n_ctx") = 4096, py::arg("n_batch") = 512, py::arg("n_threads") = 0)
+             }), py::arg("model"), py::arg("n_ctx") = 4096, py::arg("n_batch") = 512, py::arg("n_threads") = 0,
+             py::arg("type_k") = "f32", py::arg("type_v") = "f32")
         .def("encode", [](dgemma::context & c, py::array_t<int32_t, py::array::c_style | py::array::forcecast> tokens) {
                  if (tokens.ndim() != 1) throw py::value_error("encode: tokens must be a 1-D array of token ids");
                  std::vector<int32_t> t(tokens.data(), tokens.data() + tokens.size());
@@ -446,6 +461,7 @@ PYBIND11_MODULE(_core, m) {
         .def_property_readonly("n_ctx", &dgemma::context::n_ctx)
         .def_property_readonly("canvas_length", &dgemma::context::canvas_length)
         .def_property_readonly("decoder_graph_builds", &dgemma::context::decoder_graph_builds)
+        .def_property_readonly("step_input_bytes", &dgemma::context::step_input_bytes)
         .def_property_readonly("n_threads", &dgemma::context::n_threads)
         .def("memory", [](const dgemma::context & c) {
                  const dgemma::context_memory mem = c.memory();

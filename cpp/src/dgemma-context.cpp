@@ -40,7 +40,8 @@ public:
     context_impl(std::shared_ptr<model> m, const context_params & p)
         : m_(std::move(m)), p_(p),
           kv_(*m_, check_ctx(p, *m_), std::max(p.n_batch, m_->info.diffusion.canvas_length),
-              m_->info.diffusion.canvas_length) {
+              m_->info.diffusion.canvas_length, kv_store_type(p.type_k, m_->info.hp, "type_k"),
+              kv_store_type(p.type_v, m_->info.hp, "type_v")) {
         n_threads_ = p_.n_threads > 0 ? p_.n_threads : (int) std::max(1u, std::thread::hardware_concurrency());
         // Backends of our own, on the model's devices: a backend instance holds per-compute state (the CPU
         // backend its thread count and work buffer, CUDA its stream), so contexts that shared the model's
@@ -156,7 +157,11 @@ public:
             dec_graph_n_past_ = kv_.n_past();
             ++dec_builds_;
         }
-        if (sp.sc == self_cond::given) ggml_backend_tensor_set(sc_state_, sp.sc_logits, 0, sizeof(float) * V * C);
+        step_input_bytes_ = 0;
+        if (sp.sc == self_cond::given) {
+            ggml_backend_tensor_set(sc_state_, sp.sc_logits, 0, sizeof(float) * V * C);
+            step_input_bytes_ += sizeof(float) * V * C;
+        }
         // Without self-conditioning the step multiplies softmax(sc_state) by 0, which is exactly 0 only when
         // sc_state is finite. A step's own processed logits are (finite logits over a bounded temperature);
         // logits a caller gave, or a step that failed half-way, may not be: clear those once, not every canvas
@@ -165,7 +170,7 @@ public:
             ggml_backend_tensor_memset(sc_state_, 0, 0, ggml_nbytes(sc_state_));
             sc_finite_ = true;
         }
-        fill_decoder_inputs(dec_, canvas, C, sp.temperature, sp.sc != self_cond::none, uniforms, draw);
+        step_input_bytes_ += fill_decoder_inputs(dec_, canvas, C, sp.temperature, sp.sc != self_cond::none, uniforms, draw);
         sc_finite_ = false;
         compute(dec_.gf);
         sc_finite_ = sp.sc != self_cond::given;
@@ -203,14 +208,22 @@ public:
         if (il < 0 || il >= hp.n_layer) throw error("read_kv: layer " + std::to_string(il) + " out of range");
         const int32_t P = kv_.n_past();
         const int32_t first = hp.is_swa(il) ? std::max(0, P - kv_.window()) : 0;
-        const size_t row = (size_t) hp.head_dim(il) * hp.n_head_kv(il);
+        const int64_t row = (int64_t) hp.head_dim(il) * hp.n_head_kv(il);
         positions.clear();
         k.assign((size_t) (P - first) * row, 0.0f);
         v.assign((size_t) (P - first) * row, 0.0f);
+        std::vector<uint8_t> raw;
+        auto get_row = [&](ggml_tensor * store, int32_t slot, float * out) {
+            const size_t nb = ggml_row_size(store->type, row);
+            raw.resize(nb);
+            ggml_backend_tensor_get(store, raw.data(), (size_t) slot * store->nb[1], nb);
+            if (store->type == GGML_TYPE_F32) std::copy_n((const float *) raw.data(), row, out);
+            else ggml_get_type_traits(store->type)->to_float(raw.data(), out, row);
+        };
         for (int32_t p = first; p < P; p++) {
-            const size_t s = (size_t) kv_.slot(il, p), i = (size_t) (p - first);
-            ggml_backend_tensor_get(kv_.k(il), &k[i * row], s * row * sizeof(float), row * sizeof(float));
-            ggml_backend_tensor_get(kv_.v(il), &v[i * row], s * row * sizeof(float), row * sizeof(float));
+            const size_t i = (size_t) (p - first);
+            get_row(kv_.k(il), kv_.slot(il, p), &k[i * row]);
+            get_row(kv_.v(il), kv_.slot(il, p), &v[i * row]);
             positions.push_back(p);
         }
     }
@@ -228,6 +241,7 @@ public:
     int32_t n_threads() const { return n_threads_; }
     bool samples_on_cpu() const { return reductions_on_cpu(*m_); }
     int64_t decoder_graph_builds() const { return dec_builds_; }
+    size_t step_input_bytes() const { return step_input_bytes_; }
 
     const model_info & info() const { return m_->info; }
     std::vector<graph_node_info> last_graph() const {
@@ -323,6 +337,7 @@ private:
     bool have_previous_ = false;     // sc_state holds this canvas's previous processed logits
     bool sc_finite_ = false;         // sc_state is known finite (zeroed, or written by a step of our own)
     int64_t dec_builds_ = 0;         // decoder graphs built so far (graph reuse is observable)
+    size_t step_input_bytes_ = 0;    // host -> device bytes of the last decoder step's inputs
     bool collecting_ = false;        // imatrix statistics: the scheduler's eval callback adds to activations_
     ggml_cgraph * last_gf_ = nullptr;  // lives in arena_ / dec_arena_ until the next graph of its kind
     activation_stats activations_;
@@ -348,6 +363,7 @@ void context::read_kv(int il, std::vector<int32_t> & positions, std::vector<floa
 }
 void context::truncate(int32_t n) { impl_->truncate(n); }
 int64_t context::decoder_graph_builds() const { return impl_->decoder_graph_builds(); }
+size_t context::step_input_bytes() const { return impl_->step_input_bytes(); }
 context_memory context::memory() const { return impl_->memory(); }
 int32_t context::n_threads() const { return impl_->n_threads(); }
 bool context::samples_on_cpu() const { return impl_->samples_on_cpu(); }

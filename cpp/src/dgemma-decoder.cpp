@@ -29,30 +29,31 @@ decoder_graph build_decoder(const graph_builder & g, const kv_store & kv, ggml_t
         // the sliding layers' mask depends only on the stored prefix: built once per canvas
         const int32_t R = kv.ring(), W = kv.window(), S = kv.capacity_swa();
         const ggml_fp16_t zero = ggml_fp32_to_fp16(0.0f), ninf = ggml_fp32_to_fp16(-INFINITY);
-        std::vector<ggml_fp16_t> row(S, ninf);   // the canvas slots R .. R+C-1: always visible; padding: never
+        // the canvas slots R .. R+C-1: always visible; padding: never
+        dg.mask_swa_values = std::make_shared<std::vector<ggml_fp16_t>>(S, ninf);
+        std::vector<ggml_fp16_t> & row = *dg.mask_swa_values;
         std::fill(row.begin() + R, row.begin() + R + C, zero);
         for (int32_t s = 0; s < R; s++) {
             const int32_t ps = kv.ring_pos(s);
             // reference (DynamicCache): the decoder sees the last min(P, sw - 1) stored positions
             row[s] = (ps >= 0 && ps < P && ps >= P - W) ? zero : ninf;
         }
-        dg.mask_values = std::make_shared<std::vector<ggml_fp16_t>>((size_t) S * C);
-        for (int32_t i = 0; i < C; i++) std::copy(row.begin(), row.end(), dg.mask_values->begin() + (size_t) i * S);
-        // full layers: every stored position and the canvas, then the padding
+        dg.mask_swa_row = g.name(ggml_new_tensor_2d(ctx, GGML_TYPE_F16, S, 1), "dec_mask_swa_row");
+        dg.mask_swa = g.name(ggml_repeat_4d(ctx, dg.mask_swa_row, S, C, 1, 1), "dec_mask_swa");
+        // full layers: key j is visible iff j < P + C. step() makes that 1 / 0 and log() 0 / -inf (exactly,
+        // on every backend); the positions are exact in f32 up to 2^24.
         const int32_t F = pad_kv(P + C);
-        std::vector<ggml_fp16_t> frow(F, ninf);
-        std::fill(frow.begin(), frow.begin() + P + C, zero);
-        dg.mask_full_values = std::make_shared<std::vector<ggml_fp16_t>>((size_t) F * C);
-        for (int32_t i = 0; i < C; i++) std::copy(frow.begin(), frow.end(), dg.mask_full_values->begin() + (size_t) i * F);
+        ggml_tensor * col = ggml_arange(ctx, 0.0f, (float) F, 1.0f);
+        ggml_tensor * vis = ggml_step(ctx, ggml_scale_bias(ctx, col, -1.0f, (float) (P + C) - 0.5f));
+        ggml_tensor * frow = ggml_cast(ctx, ggml_log(ctx, vis), GGML_TYPE_F16);
+        dg.mask_full = g.name(ggml_repeat_4d(ctx, frow, F, C, 1, 1), "dec_mask_full");
     }
-    dg.mask_swa = g.name(ggml_new_tensor_2d(ctx, GGML_TYPE_F16, kv.capacity_swa(), C), "dec_mask_swa");
-    dg.mask_full = g.name(ggml_new_tensor_2d(ctx, GGML_TYPE_F16, pad_kv(P + C), C), "dec_mask_full");
     dg.temperature = g.name(ggml_new_tensor_1d(ctx, GGML_TYPE_F32, 1), "temperature");
     dg.sc_on = g.name(ggml_new_tensor_1d(ctx, GGML_TYPE_F32, 1), "sc_on");
     dg.uniforms = g.name(ggml_new_tensor_2d(ctx, GGML_TYPE_F32, 1, C), "uniforms");
     dg.draw = g.name(ggml_new_tensor_1d(ctx, GGML_TYPE_F32, 3), "draw");
     dg.draw_scale = g.name(ggml_new_tensor_1d(ctx, GGML_TYPE_F32, 1), "draw_scale");
-    for (ggml_tensor * t : {dg.tokens, dg.mask_swa, dg.mask_full, dg.temperature, dg.sc_on, dg.uniforms, dg.draw, dg.draw_scale}) {
+    for (ggml_tensor * t : {dg.tokens, dg.mask_swa_row, dg.temperature, dg.sc_on, dg.uniforms, dg.draw, dg.draw_scale}) {
         ggml_set_input(t);
     }
 
@@ -144,26 +145,23 @@ decoder_graph build_decoder(const graph_builder & g, const kv_store & kv, ggml_t
     return dg;
 }
 
-void fill_decoder_inputs(const decoder_graph & dg, const int32_t * canvas, int32_t C,
-                         float temperature, bool sc_on, const float * uniforms, const draw_params & draw) {
-    set_input(dg.tokens, canvas, sizeof(int32_t) * C);
-    set_position_inputs(dg.pos, *dg.pos_values);
-    set_input(dg.temperature, &temperature, sizeof(float));
+size_t fill_decoder_inputs(const decoder_graph & dg, const int32_t * canvas, int32_t C,
+                           float temperature, bool sc_on, const float * uniforms, const draw_params & draw) {
+    size_t bytes = 0;
+    bytes += set_input(dg.tokens, canvas, sizeof(int32_t) * C);
+    bytes += set_position_inputs(dg.pos, *dg.pos_values);
+    bytes += set_input(dg.temperature, &temperature, sizeof(float));
     const float on = sc_on ? 1.0f : 0.0f;
-    set_input(dg.sc_on, &on, sizeof(float));
+    bytes += set_input(dg.sc_on, &on, sizeof(float));
     std::vector<float> u(uniforms ? uniforms : nullptr, uniforms ? uniforms + C : nullptr);
     if (!uniforms) u.assign(C, 0.5f);
-    set_input(dg.uniforms, u.data(), sizeof(float) * C);
+    bytes += set_input(dg.uniforms, u.data(), sizeof(float) * C);
     const float dv[3] = {draw.temperature, (float) draw.top_k, draw.top_p};
-    set_input(dg.draw, dv, sizeof(dv));
+    bytes += set_input(dg.draw, dv, sizeof(dv));
     const float scale = draw.temperature > 0.0f ? 1.0f / draw.temperature : 1.0f;   // 0: greedy, on the host
-    set_input(dg.draw_scale, &scale, sizeof(float));
-    if (dg.mask_swa && dg.mask_swa->buffer) {
-        set_input(dg.mask_swa, dg.mask_values->data(), dg.mask_values->size() * sizeof(ggml_fp16_t));
-    }
-    if (dg.mask_full && dg.mask_full->buffer) {
-        set_input(dg.mask_full, dg.mask_full_values->data(), dg.mask_full_values->size() * sizeof(ggml_fp16_t));
-    }
+    bytes += set_input(dg.draw_scale, &scale, sizeof(float));
+    bytes += set_input(dg.mask_swa_row, dg.mask_swa_values->data(), dg.mask_swa_values->size() * sizeof(ggml_fp16_t));
+    return bytes;
 }
 
 } // namespace dgemma

@@ -1,4 +1,4 @@
-// Decoder: one denoising step over the canvas, attending without a mask to the visible stored K/V and
+// Decoder: one denoising step over the canvas, attending bidirectionally to the visible stored K/V and
 // to the canvas itself, with self-conditioning from the previous step's processed logits.
 #pragma once
 
@@ -16,10 +16,14 @@ struct decoder_graph {
     ggml_tensor * tokens = nullptr;      // I32 [C]
     position_inputs pos;                 // canvas rows: full layers P..P+C-1, the sliding canvas slots
     std::shared_ptr<position_values> pos_values;   // fixed for every step of this canvas
-    std::shared_ptr<std::vector<ggml_fp16_t>> mask_values;   // mask_swa's values, fixed likewise
-    ggml_tensor * mask_swa = nullptr;    // F16 [pad(R + C), C]: the visible window + the canvas slots; the rest hidden
-    ggml_tensor * mask_full = nullptr;   // F16 [pad(P + C), C]: the stored prefix and the canvas; the padding hidden
-    std::shared_ptr<std::vector<ggml_fp16_t>> mask_full_values;   // mask_full's values, fixed likewise
+    // Attention masks. Every canvas row sees the same keys, so a mask is one row repeated C times on the
+    // device: a step uploads at most one row (the sliding ring's), never pad(P + C) x C values (64 MiB
+    // per step at a 128k context).
+    ggml_tensor * mask_swa_row = nullptr;   // F16 [pad(R + C), 1] input: the visible window + the canvas slots
+    std::shared_ptr<std::vector<ggml_fp16_t>> mask_swa_values;   // its values, fixed for this canvas
+    ggml_tensor * mask_swa = nullptr;    // F16 [pad(R + C), C]: the row repeated
+    ggml_tensor * mask_full = nullptr;   // F16 [pad(P + C), C]: computed in the graph (no input): the stored
+                                         // prefix and the canvas visible (0), the padding hidden (-inf)
     ggml_tensor * temperature = nullptr; // F32 [1]
     ggml_tensor * sc_on = nullptr;       // F32 [1]: 1 = self-conditioning from sc_state, 0 = none
     ggml_tensor * uniforms = nullptr;    // F32 [1, C]: one uniform draw per row for the categorical sample
@@ -42,7 +46,8 @@ bool reductions_on_cpu(const model & m);
 // n_past: the stored prefix the graph is shaped for (-1: kv.n_past(); larger only to reserve buffers).
 decoder_graph build_decoder(const graph_builder & g, const kv_store & kv, ggml_tensor * sc_state, int32_t C,
                             int graph_size, int32_t n_past = -1);
-void fill_decoder_inputs(const decoder_graph & dg, const int32_t * canvas, int32_t C,
-                         float temperature, bool sc_on, const float * uniforms, const draw_params & draw);
+// Uploads a step's inputs; returns the bytes uploaded (O(C) plus one sliding-mask row).
+size_t fill_decoder_inputs(const decoder_graph & dg, const int32_t * canvas, int32_t C,
+                           float temperature, bool sc_on, const float * uniforms, const draw_params & draw);
 
 } // namespace dgemma

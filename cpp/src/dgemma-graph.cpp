@@ -5,8 +5,10 @@
 
 namespace dgemma {
 
-void set_input(ggml_tensor * t, const void * data, size_t nbytes) {
-    if (t && t->buffer) ggml_backend_tensor_set(t, data, 0, nbytes);
+size_t set_input(ggml_tensor * t, const void * data, size_t nbytes) {
+    if (!t || !t->buffer) return 0;
+    ggml_backend_tensor_set(t, data, 0, nbytes);
+    return nbytes;
 }
 
 position_values::position_values(const model & m, int32_t P, int32_t n, int32_t ring, int32_t swa_base) {
@@ -21,13 +23,15 @@ position_values::position_values(const model & m, int32_t P, int32_t n, int32_t 
     m.rope[1].tables(P, n, hp.head_dim_full, cos[1], sin[1]);
 }
 
-void set_position_inputs(const position_inputs & pi, const position_values & pv) {
-    set_input(pi.slots_full, pv.slots_full.data(), sizeof(int64_t) * pv.slots_full.size());
-    set_input(pi.slots_swa, pv.slots_swa.data(), sizeof(int64_t) * pv.slots_swa.size());
+size_t set_position_inputs(const position_inputs & pi, const position_values & pv) {
+    size_t bytes = 0;
+    bytes += set_input(pi.slots_full, pv.slots_full.data(), sizeof(int64_t) * pv.slots_full.size());
+    bytes += set_input(pi.slots_swa, pv.slots_swa.data(), sizeof(int64_t) * pv.slots_swa.size());
     for (int kind = 0; kind < 2; kind++) {
-        set_input(pi.cos[kind], pv.cos[kind].data(), sizeof(float) * pv.cos[kind].size());
-        set_input(pi.sin[kind], pv.sin[kind].data(), sizeof(float) * pv.sin[kind].size());
+        bytes += set_input(pi.cos[kind], pv.cos[kind].data(), sizeof(float) * pv.cos[kind].size());
+        bytes += set_input(pi.sin[kind], pv.sin[kind].data(), sizeof(float) * pv.sin[kind].size());
     }
+    return bytes;
 }
 
 position_inputs graph_builder::new_position_inputs(int64_t n) const {
@@ -109,7 +113,7 @@ graph_builder::qkv graph_builder::attn_qkv(ggml_tensor * h, int il, const positi
 
 ggml_tensor * graph_builder::kv_view(ggml_tensor * store, int il, int64_t s0, int64_t n) const {
     const int64_t hd = hp().head_dim(il), nKV = hp().n_head_kv(il);
-    return ggml_view_3d(ctx, store, hd, n, nKV, store->nb[1], (size_t) hd * ggml_element_size(store),
+    return ggml_view_3d(ctx, store, hd, n, nKV, store->nb[1], ggml_row_size(store->type, hd),
                         (size_t) s0 * store->nb[1]);
 }
 

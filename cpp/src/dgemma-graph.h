@@ -24,7 +24,8 @@ struct position_values {
     std::vector<float> cos[2], sin[2];
     position_values(const model & m, int32_t P, int32_t n, int32_t ring, int32_t swa_base = -1);
 };
-void set_position_inputs(const position_inputs & pi, const position_values & pv);
+// Returns the bytes uploaded.
+size_t set_position_inputs(const position_inputs & pi, const position_values & pv);
 
 struct graph_builder {
     ggml_context * ctx;
@@ -64,8 +65,9 @@ struct graph_builder {
     ggml_tensor * kv_view(ggml_tensor * store, int il, int64_t s0, int64_t n) const;
 };
 
-// Uploads an input if the scheduler allocated it (inputs no output depends on are never allocated).
-void set_input(ggml_tensor * t, const void * data, size_t nbytes);
+// Uploads an input if the scheduler allocated it (inputs no output depends on are never allocated);
+// returns the bytes uploaded.
+size_t set_input(ggml_tensor * t, const void * data, size_t nbytes);
 
 
 } // namespace dgemma

@@ -7,7 +7,28 @@
 
 namespace dgemma {
 
-kv_store::kv_store(const model & m, int32_t n_ctx, int32_t ring_extra, int32_t canvas)
+ggml_type kv_store_type(const std::string & name, const hparams & hp, const char * which) {
+    static const ggml_type allowed[] = {GGML_TYPE_F32, GGML_TYPE_F16, GGML_TYPE_BF16, GGML_TYPE_Q8_0,
+                                        GGML_TYPE_Q5_1, GGML_TYPE_Q5_0, GGML_TYPE_Q4_1, GGML_TYPE_Q4_0};
+    std::string names;
+    for (ggml_type t : allowed) {
+        names += std::string(names.empty() ? "" : ", ") + ggml_type_name(t);
+        if (name != ggml_type_name(t)) continue;
+        const int64_t blck = ggml_blck_size(t);
+        for (int il = 0; il < hp.n_layer; il++) {
+            if (hp.head_dim(il) % blck != 0) {
+                throw error(std::string(which) + " " + name + ": layer " + std::to_string(il) + "'s head dim " +
+                            std::to_string(hp.head_dim(il)) + " is not a multiple of its block of " +
+                            std::to_string(blck) + "; use f16 or bf16");
+            }
+        }
+        return t;
+    }
+    throw error(std::string(which) + ": unknown KV store type '" + name + "'; use one of " + names);
+}
+
+kv_store::kv_store(const model & m, int32_t n_ctx, int32_t ring_extra, int32_t canvas,
+                   ggml_type type_k, ggml_type type_v)
     : m_(m), n_ctx_(n_ctx), canvas_(canvas) {
     const hparams & hp = m.info.hp;
     window_ = std::max(0, hp.sliding_window - 1);
@@ -23,8 +44,8 @@ kv_store::kv_store(const model & m, int32_t n_ctx, int32_t ring_extra, int32_t c
     std::map<ggml_backend_t, std::vector<ggml_tensor *>> by_backend;
     for (int il = 0; il < n_layer; il++) {
         const int64_t row = (int64_t) hp.head_dim(il) * hp.n_head_kv(il);
-        k_[il] = ggml_new_tensor_2d(ctx_, GGML_TYPE_F32, row, capacity(il));
-        v_[il] = ggml_new_tensor_2d(ctx_, GGML_TYPE_F32, row, capacity(il));
+        k_[il] = ggml_new_tensor_2d(ctx_, type_k, row, capacity(il));
+        v_[il] = ggml_new_tensor_2d(ctx_, type_v, row, capacity(il));
         ggml_format_name(k_[il], "kv_k_%d", il);
         ggml_format_name(v_[il], "kv_v_%d", il);
         by_backend[m.layers[il].backend].push_back(k_[il]);
@@ -40,7 +61,8 @@ kv_store::kv_store(const model & m, int32_t n_ctx, int32_t ring_extra, int32_t c
             throw error("cannot allocate the KV store (" + std::to_string(size >> 20) + " MiB on " +
                         ggml_backend_name(backend) + "); lower n_ctx");
         }
-        ggml_backend_buffer_clear(buf, 0);   // stale slots stay finite: masked scores never meet NaN
+        // stale slots stay finite (zero bytes are 0 in every store type): masked scores never meet NaN
+        ggml_backend_buffer_clear(buf, 0);
         ggml_tallocr ta = ggml_tallocr_new(buf);
         for (ggml_tensor * t : tensors) ggml_tallocr_alloc(&ta, t);
         bufs_.push_back(buf);

@@ -26,9 +26,15 @@ namespace dgemma {
 constexpr int32_t KV_PAD = 256;
 inline int32_t pad_kv(int32_t n) { return (n + KV_PAD - 1) / KV_PAD * KV_PAD; }
 
+// The ggml type a KV store type name means, checked against every layer's head dim; throws error naming
+// the choices otherwise.
+ggml_type kv_store_type(const std::string & name, const hparams & hp, const char * which);
+
 class kv_store {
 public:
-    kv_store(const model & m, int32_t n_ctx, int32_t ring_extra, int32_t canvas);
+    // type_k / type_v: element types of the K and V stores (validated by kv_store_type)
+    kv_store(const model & m, int32_t n_ctx, int32_t ring_extra, int32_t canvas,
+             ggml_type type_k = GGML_TYPE_F32, ggml_type type_v = GGML_TYPE_F32);
     ~kv_store();
     kv_store(const kv_store &) = delete;
     kv_store & operator=(const kv_store &) = delete;

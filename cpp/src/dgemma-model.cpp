@@ -9,6 +9,7 @@
 #include <cmath>
 #include <cstring>
 #include <fstream>
+#include <regex>
 
 #if !defined(_WIN32)
 #include <fcntl.h>
@@ -203,10 +204,38 @@ bool model::layer_on_gpu(int il) const {
     return all || (il >= 0 && il >= n_layer - params.n_gpu_layers);
 }
 
+// The tensor overrides, compiled: (pattern, on the GPU). Checked before any weight is placed.
+std::vector<std::pair<std::regex, bool>> model::compile_overrides() const {
+    std::vector<std::pair<std::regex, bool>> out;
+    const std::string gpu = backend_gpu ? ggml_backend_dev_name(ggml_backend_get_device(backend_gpu)) : "";
+    for (const auto & [pattern, device] : params.tensor_overrides) {
+        std::regex re;
+        try {
+            re = std::regex(pattern);
+        } catch (const std::regex_error & e) {
+            throw error("tensor override '" + pattern + "=" + device + "': bad regular expression: " + e.what());
+        }
+        auto upper = [](std::string x) { for (char & c : x) c = (char) std::toupper((unsigned char) c); return x; };
+        if (upper(device) == "CPU") {
+            out.emplace_back(std::move(re), false);
+        } else if (backend_gpu && (upper(device) == "GPU" || upper(device) == upper(gpu))) {
+            out.emplace_back(std::move(re), true);
+        } else {
+            throw error("tensor override '" + pattern + "=" + device + "': no device '" + device + "' in use; use CPU" +
+                        (backend_gpu ? ", GPU or " + gpu : std::string(" (no GPU: a CPU build, none found, or n_gpu_layers 0)")));
+        }
+    }
+    return out;
+}
+
 // CPU tensors point into the mapping (no copy); GPU tensors are uploaded into one buffer per device.
 void model::place_weights() {
+    const auto overrides = compile_overrides();
     auto wants_gpu = [&](const std::string & name) {
-        if (params.cpu_moe && is_expert_tensor(name)) return false;
+        for (const auto & [re, on_gpu] : overrides) {
+            if (std::regex_search(name, re)) return on_gpu;
+        }
+        if (is_expert_tensor(name) && (params.cpu_moe || layer_of(name) < params.n_cpu_moe)) return false;
         return layer_on_gpu(layer_of(name));
     };
 
@@ -319,6 +348,15 @@ std::shared_ptr<model> load_model(const std::string & path, const model_params &
 }
 
 const model_info & get_model_info(const model & m) { return m.info; }
+
+std::vector<std::pair<std::string, std::string>> get_weight_placement(const model & m) {
+    std::vector<std::pair<std::string, std::string>> out;
+    for (const tensor_info & ti : m.info.tensors) {
+        const ggml_tensor * t = ggml_get_tensor(m.file().tensor_meta(), ti.name.c_str());
+        out.emplace_back(ti.name, t && t->buffer ? ggml_backend_buffer_name(t->buffer) : "");
+    }
+    return out;
+}
 
 vocab_data get_model_vocab(const model & m) { return read_vocab(m.file()); }
 

@@ -10,6 +10,7 @@
 #include "ggml-backend.h"
 
 #include <memory>
+#include <regex>
 #include <string>
 #include <vector>
 
@@ -72,6 +73,7 @@ private:
     void map_file(const std::string & path);
     void place_weights();
     bool layer_on_gpu(int il) const;   // il = -1: the global tensors
+    std::vector<std::pair<std::regex, bool>> compile_overrides() const;
     void make_transposed_embedding();
     void make_rope_freqs();
     void report_progress(float fraction) const;

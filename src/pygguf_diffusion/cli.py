@@ -17,6 +17,7 @@ from typing import Any
 from . import bundled
 from ._defaults import DEFAULT_N_CTX, INT32_MAX, MAX_THREADS
 from ._live import AnswerView, LoadProgress, no_echo
+from ._placement import KV_TYPES, parse_overrides
 from ._prompt import LineReader, read_message
 
 HELP = """commands:
@@ -40,6 +41,16 @@ def build_parser() -> argparse.ArgumentParser:
                      f"(default: {DEFAULT_N_CTX}, at most the model's context length)")
     src.add_argument("-ngl", "--n-gpu-layers", type=int, metavar="N",
                      help="layers on the GPU (default: -1, all; 0: CPU only)")
+    src.add_argument("--cpu-moe", action="store_true", help="keep every expert tensor on the CPU")
+    src.add_argument("--n-cpu-moe", type=int, metavar="N", help="keep the expert tensors of the first N layers "
+                     "on the CPU")
+    src.add_argument("-ot", "--override-tensor", action="append", default=[], metavar="PATTERN=DEVICE,...",
+                     help="tensors whose name matches the regular expression go to DEVICE (CPU, GPU or a "
+                     "device name such as CUDA0); repeatable; the first match wins over -ngl and --*-moe")
+    src.add_argument("-ctk", "--cache-type-k", metavar="TYPE",
+                     help="KV store type of K: " + ", ".join(KV_TYPES) + " (default: f32)")
+    src.add_argument("-ctv", "--cache-type-v", metavar="TYPE",
+                     help="KV store type of V (default: f32)")
     src.add_argument("-t", "--threads", type=int, metavar="N",
                      help="CPU threads (default: the physical cores available to the process)")
     gen = ap.add_argument_group("generation")
@@ -81,6 +92,7 @@ def check_options(args: argparse.Namespace) -> str | None:
             ("--steps", args.steps, 1, INT32_MAX),
             ("--stability-threshold", args.stability_threshold, 0, INT32_MAX),
             ("--n-gpu-layers", args.n_gpu_layers, -1, INT32_MAX), ("--seed", args.seed, 0, 2**64 - 1),
+            ("--n-cpu-moe", args.n_cpu_moe, 0, INT32_MAX),
             ("--top-k", args.top_k, 0, INT32_MAX)]
     if args.n_predict != -1:
         ints.append(("--n-predict", args.n_predict, 1, INT32_MAX))
@@ -97,6 +109,13 @@ def check_options(args: argparse.Namespace) -> str | None:
         return f"--temp {args.temp}: must be a finite number >= 0"
     if args.top_p is not None and not 0 < args.top_p <= 1:
         return f"--top-p {args.top_p}: must be in (0, 1]"
+    for flag, v in (("--cache-type-k", args.cache_type_k), ("--cache-type-v", args.cache_type_v)):
+        if v is not None and v not in KV_TYPES:
+            return f"{flag} {v}: must be one of {', '.join(KV_TYPES)}"
+    try:
+        parse_overrides(args.override_tensor)
+    except ValueError as e:
+        return f"--override-tensor: {e}"
     return None
 
 
@@ -113,7 +132,9 @@ def load(args: argparse.Namespace):
 
     ngl = -1 if args.n_gpu_layers is None else args.n_gpu_layers
     kw: dict[str, Any] = dict(n_ctx=args.ctx_size, n_gpu_layers=ngl, n_threads=args.threads, seed=args.seed,
-                              verbose=args.verbose)
+                              verbose=args.verbose, cpu_moe=args.cpu_moe, n_cpu_moe=args.n_cpu_moe or 0,
+                              tensor_overrides=parse_overrides(args.override_tensor),
+                              type_k=args.cache_type_k or "f32", type_v=args.cache_type_v or "f32")
     with LoadProgress() as progress:
         if progress.enabled:
             kw["progress"] = progress
@@ -138,6 +159,8 @@ def load_failure(e: BaseException, args: argparse.Namespace) -> int:
         return fail("cannot load model", e)
     if isinstance(e, MemoryError):
         return fail("cannot load model", "out of memory", "lower -c, or use a smaller quant")
+    if isinstance(e, EngineError) and str(e).startswith(("tensor override", "type_k", "type_v")):
+        return fail("invalid option", e, "see dgemma-cli --help")
     if isinstance(e, EngineError):
         if args.model and _valid_gguf(args.model):  # then it failed for another reason: memory, -c, -ngl
             return fail("cannot load model", e, "the file is a valid DiffusionGemma GGUF: lower -c (context "

@@ -17,6 +17,7 @@ import numpy as np
 
 from . import _core, _logging
 from ._defaults import DEFAULT_N_CTX, INT32_MAX, MAX_THREADS
+from ._placement import KV_TYPES, check_overrides
 from ._stops import StopScanner, check_stops
 from .chat import fit_prompt, render_chat
 from .tokenizer import GemmaTokenizer
@@ -43,11 +44,18 @@ class Model:
 
     def __init__(self, path: str | os.PathLike[str] | None = None, *, n_gpu_layers: int = -1,
                  n_ctx: int | None = None, n_threads: int | None = None, n_batch: int = 512, seed: int | None = None, verbose: bool = False,
-                 cpu_moe: bool = False, progress: Callable[[float], None] | None = None) -> None:
+                 cpu_moe: bool = False, n_cpu_moe: int = 0, tensor_overrides: Sequence[tuple[str, str]] = (),
+                 type_k: str = "f32", type_v: str = "f32",
+                 progress: Callable[[float], None] | None = None) -> None:
         """n_ctx: positions the context holds (prompt + every canvas); None = min(8192, the model's
         context_length). n_threads: None = the physical cores this process may use. progress: called
         with the fraction loaded in [0, 1] while the weights are placed. path None: the bundled tiny model,
-        announced on the `pygguf_diffusion` logger (stderr by default)."""
+        announced on the `pygguf_diffusion` logger (stderr by default).
+
+        Placement (with a GPU): n_gpu_layers (-1 all, 0 none, N the last N layers), cpu_moe (every expert
+        tensor on the CPU), n_cpu_moe (the experts of the first N layers on the CPU), tensor_overrides
+        [(regex, "CPU" | "GPU" | a device name)], the first match winning over the rest (llama.cpp's -ot).
+        type_k / type_v: the KV store's element types (f32, f16, bf16, q8_0, q5_1, q5_0, q4_1, q4_0)."""
         if path is None:
             from . import bundled
 
@@ -59,19 +67,25 @@ class Model:
         path = os.fspath(path)
         if not os.path.exists(path):
             raise FileNotFoundError(f"{path}: no such model file; pass a .gguf path or use Model.from_pretrained")
-        for name, v in (("n_ctx", n_ctx), ("n_batch", n_batch), ("n_threads", n_threads)):
+        for name, v in (("n_ctx", n_ctx), ("n_batch", n_batch), ("n_threads", n_threads), ("n_cpu_moe", n_cpu_moe)):
             if v is None and name != "n_batch":
                 continue
             hi = MAX_THREADS if name == "n_threads" else INT32_MAX
-            if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= hi:
-                raise ValueError(f"{name} must be an integer in [1, {hi}], got {v!r}")
+            lo = 0 if name == "n_cpu_moe" else 1
+            if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
+                raise ValueError(f"{name} must be an integer in [{lo}, {hi}], got {v!r}")
+        overrides = check_overrides(tensor_overrides)
+        for name, v in (("type_k", type_k), ("type_v", type_v)):
+            if v not in KV_TYPES:
+                raise ValueError(f"{name} must be one of {', '.join(KV_TYPES)}, got {v!r}")
         if seed is not None:
             _check_seed(seed)
         _logging.install()
         if verbose:
             logging.getLogger("pygguf_diffusion").setLevel(logging.INFO)
         self.path = path
-        self._model = _core.Model(path, n_gpu_layers, cpu_moe, progress=progress)
+        self._model = _core.Model(path, n_gpu_layers, cpu_moe, progress=progress, n_cpu_moe=n_cpu_moe,
+                                  tensor_overrides=overrides)
         self.info: dict[str, Any] = self._model.info()
         vocab = self._model.vocab()  # the engine's checks: EngineError naming the file
         try:
@@ -80,7 +94,8 @@ class Model:
             raise _core.EngineError(f"{path}: the tokenizer in the file is broken: {e}") from None
         if n_ctx is None:
             n_ctx = min(DEFAULT_N_CTX, self.info["hparams"]["n_ctx_train"] or DEFAULT_N_CTX)
-        self._ctx = _core.Context(self._model, n_ctx=n_ctx, n_batch=n_batch, n_threads=n_threads or _default_threads())
+        self._ctx = _core.Context(self._model, n_ctx=n_ctx, n_batch=n_batch, n_threads=n_threads or _default_threads(),
+                                  type_k=type_k, type_v=type_v)
         self._seed = seed
         self._stored: list[int] = []  # tokens whose K/V the context holds, in order
         self._claim: _Claim | None = None  # the stream generation holding this Model, until released
