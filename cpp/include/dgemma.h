@@ -184,6 +184,14 @@ struct activation_entry {
 };
 using activation_stats = std::map<std::string, activation_entry>;
 
+// Time a context's graphs spent in one kind of node (op_profile): op as ggml names it ("MUL_MAT_ID"), and
+// what it computes without its layer ("ffn_down_exps.weight" for a matrix product, else the node's name).
+struct op_time {
+    std::string op, what;
+    int64_t count = 0;       // nodes computed
+    double seconds = 0.0;
+};
+
 // Loads and checks a GGUF (as inspect_gguf) and places its weights. On the CPU the weights are used
 // straight from the memory-mapped file. Throws dgemma::error.
 std::shared_ptr<model> load_model(const std::string & path, const model_params & params);
@@ -231,6 +239,12 @@ struct quant_type_info {
 };
 // Every type this ggml knows.
 std::vector<quant_type_info> quant_types();
+
+// Seconds of each of `repeats` runs (after a warm-up) of one ggml matrix product: a [K, M] matrix of
+// `type` ("q4_K", "f16", ...) times a [K, N] f32 matrix, f32 accumulation, on the CPU backend with
+// n_threads or on the GPU. 2 * K * M * N floating-point operations per run.
+std::vector<double> time_matmul(const std::string & type, int64_t K, int64_t M, int64_t N, int n_threads,
+                                int repeats, bool on_gpu);
 // Encodes nrows rows of n_per_row floats as `type` into dst (nrows * row size bytes), the rows split over
 // n_threads; imatrix: n_per_row importance weights (the mean squared activation of each column) or null.
 // Returns the bytes written. Throws dgemma::error for an unknown type, a row length the type's block
@@ -299,14 +313,20 @@ public:
     void decode_step_reduced(const int32_t * canvas, const step_params & sp, const float * uniforms,
                              int32_t * argmax, float * entropy, int32_t * sample, float * logits_out);
 
-    // While on, every encode and decoder step adds its matrix inputs to activations() (slower: the
-    // scheduler stops after each matrix product so its input can be read).
     // The nodes of the graph computed last (an encode or a decoder step).
     std::vector<graph_node_info> last_graph() const;
 
+    // While on, every encode and decoder step adds its matrix inputs to activations() (slower: the
+    // scheduler stops after each matrix product so its input can be read).
     void collect_activations(bool on);
     const activation_stats & activations() const;
     void clear_activations();
+
+    // While on, every graph is computed one node at a time and each node's time is added to op_profile()
+    // (slower than a normal step: a profile of where the time goes, not a timing).
+    void profile_ops(bool on);
+    std::vector<op_time> op_profile() const;   // largest total first
+    void clear_op_profile();
 
 private:
     std::unique_ptr<context_impl> impl_;

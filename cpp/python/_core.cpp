@@ -456,6 +456,21 @@ PYBIND11_MODULE(_core, m) {
                  }
                  return out;
              }, "weight name -> (sums of squared inputs [n_mat, row length], input rows per matrix [n_mat])")
+        .def("profile_ops", &dgemma::context::profile_ops, py::arg("on"),
+             "While on, graphs run one node at a time and each node's time goes to op_profile() (slower).")
+        .def("op_profile", [](const dgemma::context & c) {
+                 py::list out;
+                 for (const dgemma::op_time & e : c.op_profile()) {
+                     py::dict d;
+                     d["op"] = e.op;
+                     d["what"] = e.what;
+                     d["count"] = e.count;
+                     d["seconds"] = e.seconds;
+                     out.append(d);
+                 }
+                 return out;
+             }, "[{op, what, count, seconds}], largest total first.")
+        .def("clear_op_profile", &dgemma::context::clear_op_profile)
         .def("truncate", &dgemma::context::truncate, py::arg("n"))
         .def_property_readonly("n_past", &dgemma::context::n_past)
         .def_property_readonly("n_ctx", &dgemma::context::n_ctx)
@@ -472,6 +487,13 @@ PYBIND11_MODULE(_core, m) {
                  d["device"] = mem.device;
                  return d;
              }, "Bytes held: KV store, self-conditioning state, compute buffers; the output layer's device.");
+    m.def("time_matmul", [](const std::string & type, int64_t K, int64_t M, int64_t N, int n_threads, int repeats,
+                            bool on_gpu) {
+              py::gil_scoped_release release;
+              return dgemma::time_matmul(type, K, M, N, n_threads, repeats, on_gpu);
+          }, py::arg("type"), py::arg("K"), py::arg("M"), py::arg("N"), py::arg("n_threads") = 1,
+          py::arg("repeats") = 5, py::arg("on_gpu") = false,
+          "Seconds per run of a [K, M] `type` x [K, N] f32 matrix product (2*K*M*N flops), after a warm-up.");
     m.def("gpu_backends", &dgemma::gpu_devices, "Names of the GPU devices this build can use (empty: CPU only).");
 
     m.def("generate", &py_generate, py::arg("context"), py::arg("prompt"), py::arg("max_new_tokens") = -1,

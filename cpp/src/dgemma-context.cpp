@@ -4,6 +4,7 @@
 #include "dgemma-kv.h"
 #include "dgemma-log.h"
 #include "dgemma-model.h"
+#include "dgemma-profile.h"
 #include "dgemma-sampler.h"
 
 #include "ggml-alloc.h"
@@ -268,6 +269,14 @@ public:
         return out;
     }
     void collect_activations(bool on) { collecting_ = on; }
+    void profile_ops(bool on) { profiling_ = on; }
+    std::vector<op_time> op_profile() const {
+        std::vector<op_time> out;
+        for (const auto & [key, e] : profiler_.times) out.push_back(e);
+        std::sort(out.begin(), out.end(), [](const op_time & a, const op_time & b) { return a.seconds > b.seconds; });
+        return out;
+    }
+    void clear_op_profile() { profiler_.times.clear(); }
     const activation_stats & activations() const { return activations_; }
     void clear_activations() { activations_.clear(); }
     int32_t n_past() const { return kv_.n_past(); }
@@ -309,10 +318,20 @@ private:
                                ops.empty() ? " none" : ops.c_str());
     }
 
+    // The scheduler's eval callback: the activation collector and the profiler, whichever are on.
+    static bool observe(ggml_tensor * t, bool ask, void * user_data) {
+        auto * self = static_cast<context_impl *>(user_data);
+        bool want = false;
+        if (self->collecting_) want = observe_activations(t, ask, &self->activations_) || want;
+        if (self->profiling_) want = observe_timing(t, ask, &self->profiler_) || want;
+        return ask ? want : true;
+    }
+
     void compute(ggml_cgraph * gf) {
         last_gf_ = gf;
         ggml_backend_cpu_set_n_threads(cpu_, n_threads_);
-        ggml_backend_sched_set_eval_callback(sched_.get(), collecting_ ? observe_activations : nullptr, &activations_);
+        if (profiling_) profiler_.start();
+        ggml_backend_sched_set_eval_callback(sched_.get(), collecting_ || profiling_ ? observe : nullptr, this);
         if (ggml_backend_sched_graph_compute(sched_.get(), gf) != GGML_STATUS_SUCCESS) throw error("graph computation failed");
     }
 
@@ -339,6 +358,8 @@ private:
     int64_t dec_builds_ = 0;         // decoder graphs built so far (graph reuse is observable)
     size_t step_input_bytes_ = 0;    // host -> device bytes of the last decoder step's inputs
     bool collecting_ = false;        // imatrix statistics: the scheduler's eval callback adds to activations_
+    bool profiling_ = false;         // per-op times: the eval callback adds to profiler_
+    op_profiler profiler_;
     ggml_cgraph * last_gf_ = nullptr;  // lives in arena_ / dec_arena_ until the next graph of its kind
     activation_stats activations_;
 };
@@ -371,6 +392,9 @@ void context::collect_activations(bool on) { impl_->collect_activations(on); }
 std::vector<graph_node_info> context::last_graph() const { return impl_->last_graph(); }
 const activation_stats & context::activations() const { return impl_->activations(); }
 void context::clear_activations() { impl_->clear_activations(); }
+void context::profile_ops(bool on) { impl_->profile_ops(on); }
+std::vector<op_time> context::op_profile() const { return impl_->op_profile(); }
+void context::clear_op_profile() { impl_->clear_op_profile(); }
 
 std::vector<std::string> gpu_devices() {
     std::vector<std::string> names;
