@@ -5,7 +5,8 @@
 #   2. runs the test suite with the GPU build: every model loads onto the GPU (n_gpu_layers=-1 by default),
 #      so the parity tests check the CUDA kernels against transformers;
 #   3. reports which graph nodes the scheduler leaves on the CPU (DGEMMA_SCHED_REPORT);
-#   4. times whole canvases: the released shape (make_real_shape.py, Q4_K_M), the real widths with two
+#   4. times whole canvases: the released shape (make_real_shape.py, Q4_K_M, with dgemma-bench: GFLOP/s,
+#      per-op profile, memory), the real widths with two
 #      layers next to transformers on the same GPU, and the mid-size proxy next to transformers.
 # Every phase has a deadline inside BUDGET_S (default 540 s) and writes to $OUT as it goes, so a slow phase
 # costs only itself. Usage (from the repository root): OUT=dir bash benchmarks/gpu_check.sh
@@ -67,8 +68,10 @@ C=/tmp/dgemma-bench
 # the released shape, random weights, Q4_K_M (15.7 GiB; written in about 2 minutes on 2 cores here): the
 # GPU target is <= 8 ms per denoising step and >= 1500 committed tok/s at 16 steps per canvas
 phase make_real30 120 65 python3 benchmarks/make_real_shape.py /tmp/real30-q4km.gguf --force
-phase real30 60 5 python3 benchmarks/bench_generate.py --gguf /tmp/real30-q4km.gguf --threads 8 --steps 16 \
-  --repeats 3
+# dgemma-bench: ms/step, committed tok/s, the step's GFLOP/s next to plain products of its dominant shapes,
+# device memory, and the per-op profile (nodes one at a time: slower, for where the time goes)
+phase real30 75 5 python3 -m pygguf_diffusion.bench -m /tmp/real30-q4km.gguf -t 8 --steps 16 -r 3 --profile \
+  --json "$OUT/real30.json"
 phase step_real2 150 15 python3 benchmarks/bench_generate.py --cache $C --threads 8 --shape real2 \
   --outtype bf16 --steps 16 --repeats 3 --ref-device cuda --ref-dtype bfloat16
 phase gen_mid 60 10 python3 benchmarks/bench_generate.py --cache $C --threads 8 --steps 16 --repeats 3 \

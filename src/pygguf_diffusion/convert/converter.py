@@ -12,6 +12,7 @@ import numpy as np
 from gguf import GGUF_DEFAULT_ALIGNMENT, GGMLQuantizationType, GGUFValueType, GGUFWriter
 
 from .._progress import progress_bar
+from .. import _core
 from .._core import EngineError
 from ..atomic_output import atomic_output
 from ..quant.encode import chunks, default_threads, encode_rows
@@ -242,4 +243,11 @@ def convert(model_dir: str | os.PathLike[str], outfile: str | os.PathLike[str] |
         _pad(f, GGUF_DEFAULT_ALIGNMENT)
         w.close()
         bar.close()
+        # the engine reads the file before it takes the output's name: a config the checks above let
+        # through but the engine refuses leaves no file behind (metadata only: a second, not a re-read)
+        try:
+            _core.inspect_gguf(str(tmp))
+        except EngineError as e:
+            raise ConversionError(f"the engine rejects the converted file: {e}; the checkpoint's config has a "
+                                  "value DiffusionGemma cannot run") from None
     return summary.finish(outfile, report)

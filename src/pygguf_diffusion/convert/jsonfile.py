@@ -13,8 +13,10 @@ def load_json(path: Path, what: str) -> dict[str, Any]:
         data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError as e:
         raise ConversionError(f"{path}: missing {what}; is this a complete Hugging Face checkpoint directory?") from e
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ConversionError(f"{path}: cannot read {what}: {e}") from e
+    except (OSError, UnicodeDecodeError, ValueError) as e:   # JSONDecodeError is a ValueError (so is a
+        raise ConversionError(f"{path}: cannot read {what}: {e}") from e   # 5000-digit integer)
+    except RecursionError:
+        raise ConversionError(f"{path}: cannot read {what}: nested too deeply") from None
     if not isinstance(data, dict):
         raise ConversionError(f"{path}: {what} is not a JSON object")
     return data

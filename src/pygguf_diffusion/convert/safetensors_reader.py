@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import struct
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -71,33 +70,56 @@ def _read_header(path: Path) -> tuple[dict, int]:
             if hlen > size - 8 or hlen > 100 * 2**20:
                 raise ConversionError(f"{path}: not a safetensors file or truncated (header length {hlen})")
             header = json.loads(f.read(hlen))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+    except (OSError, UnicodeDecodeError, ValueError) as e:
         raise ConversionError(f"{path}: cannot read safetensors header: {e}") from e
+    except RecursionError:
+        raise ConversionError(f"{path}: cannot read safetensors header: nested too deeply") from None
     if not isinstance(header, dict):
         raise ConversionError(f"{path}: malformed safetensors header")
     return header, 8 + hlen
 
 
-def _shard_refs(path: Path) -> Iterator[TensorRef]:
+def _is_count(v: object) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+
+def _shard_refs(path: Path) -> list[TensorRef]:
+    """The tensors of one shard, each checked: a known dtype, a shape of non-negative integers, a byte
+    range [begin, end) inside the data region that matches the shape, and no two ranges overlapping
+    (safetensors' own rule; an overlap would make two tensors alias one another's bytes)."""
     header, data_start = _read_header(path)
     size = path.stat().st_size
+    refs: list[TensorRef] = []
     for name, meta in header.items():
         if name == "__metadata__":
             continue
-        dtype = meta.get("dtype")
-        shape = tuple(int(d) for d in meta.get("shape", []))
-        begin, end = (int(x) for x in meta.get("data_offsets", (0, 0)))
+        if not isinstance(meta, dict):
+            raise ConversionError(f"{path}: tensor {name!r}: malformed header entry")
+        dtype, shape, offsets = meta.get("dtype"), meta.get("shape"), meta.get("data_offsets")
+        if not isinstance(shape, list) or not all(_is_count(d) for d in shape):
+            raise ConversionError(f"{path}: tensor {name!r}: shape {shape!r} is not a list of non-negative integers")
+        if not (isinstance(offsets, list) and len(offsets) == 2 and all(_is_count(x) for x in offsets)
+                and offsets[0] <= offsets[1]):
+            raise ConversionError(f"{path}: tensor {name!r}: data_offsets {offsets!r} are not [begin, end] with "
+                                  "0 <= begin <= end (relative to the data after the header)")
         if dtype not in _DTYPES:
             raise ConversionError(
                 f"{path}: tensor {name!r} has dtype {dtype}, which the converter does not read "
                 f"(supported: {', '.join(_DTYPES)}); dequantize the checkpoint to bf16/f16/f32 first")
+        begin, end = offsets
         if data_start + end > size:
             raise ConversionError(f"{path}: truncated: tensor {name!r} ends at byte {data_start + end} but the "
                                   f"file has {size} bytes; download the checkpoint again")
-        n = int(np.prod(shape)) if shape else 1
+        n = int(np.prod(shape, dtype=np.float64)) if shape else 1
         if end - begin != n * _DTYPES[dtype][1]:
-            raise ConversionError(f"{path}: tensor {name!r}: {end - begin} bytes do not match shape {shape}")
-        yield TensorRef(name, dtype, shape, path, data_start + begin, end - begin)
+            raise ConversionError(f"{path}: tensor {name!r}: {end - begin} bytes do not match shape {tuple(shape)}")
+        refs.append(TensorRef(name, dtype, tuple(shape), path, data_start + begin, end - begin))
+    by_start = sorted((r for r in refs if r.nbytes), key=lambda r: r.start)
+    for a, b in zip(by_start, by_start[1:]):
+        if b.start < a.start + a.nbytes:
+            raise ConversionError(f"{path}: tensors {a.name!r} and {b.name!r} overlap (bytes {b.start - data_start}.."
+                                  f"{a.start + a.nbytes - data_start} of the data); the file is corrupt")
+    return refs
 
 
 def index_checkpoint(model_dir: Path) -> dict[str, TensorRef]:
@@ -106,9 +128,16 @@ def index_checkpoint(model_dir: Path) -> dict[str, TensorRef]:
     if index.exists():
         try:
             weight_map: dict[str, str] = json.loads(index.read_text())["weight_map"]
-        except (OSError, ValueError, KeyError) as e:
-            raise ConversionError(f"{index}: unreadable index ({e})") from e
+        except (OSError, ValueError, KeyError, TypeError, RecursionError) as e:
+            raise ConversionError(f"{index}: unreadable index ({type(e).__name__}: {e})") from None
+        if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+            raise ConversionError(f"{index}: weight_map must map tensor names to shard file names")
         files = sorted(set(weight_map.values()))
+        root = model_dir.resolve()
+        for f in files:
+            # a shard is a file of this checkpoint: never a path that leaves its directory
+            if Path(f).is_absolute() or root not in (root / f).resolve().parents:
+                raise ConversionError(f"{index}: shard {f!r} is outside the checkpoint directory; refusing to read it")
         missing = [f for f in files if not (model_dir / f).exists()]
         if missing:
             raise ConversionError(f"{model_dir}: shards listed in {index.name} are missing: {', '.join(missing)}")
@@ -123,5 +152,8 @@ def index_checkpoint(model_dir: Path) -> dict[str, TensorRef]:
         if not os.access(p, os.R_OK):
             raise ConversionError(f"{p}: not readable")
         for ref in _shard_refs(p):
+            if ref.name in refs:
+                raise ConversionError(f"{model_dir}: tensor {ref.name!r} is in both {refs[ref.name].file.name} and "
+                                      f"{p.name}; the checkpoint is inconsistent")
             refs[ref.name] = ref
     return refs
