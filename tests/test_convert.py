@@ -218,6 +218,9 @@ def test_tokenizer_matches_hf_tokenizer(checkpoint, converted):
     assert kv["tokenizer.ggml.bos_token_id"] == hf.bos_token_id == 2
     assert kv["tokenizer.ggml.eos_token_id"] == 1
     assert kv["tokenizer.ggml.padding_token_id"] == hf.pad_token_id == 0
+    # as published Gemma-4 GGUFs (llama.cpp's models/ggml-vocab-gemma-4.gguf: 3 and 4); #24423's CLI needs the mask id
+    assert kv["tokenizer.ggml.unknown_token_id"] == hf.unk_token_id == 3
+    assert kv["tokenizer.ggml.mask_token_id"] == hf.mask_token_id == 4
     assert kv["tokenizer.ggml.add_bos_token"] is True
     assert kv["tokenizer.ggml.add_space_prefix"] is False
     assert kv["tokenizer.chat_template"] == (ckpt / "chat_template.jinja").read_text()

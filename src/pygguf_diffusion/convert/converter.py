@@ -99,6 +99,10 @@ def _write_metadata(w: GGUFWriter, p: ModelParams, policy: Policy, name: str, mo
     w.add_uint32("tokenizer.ggml.bos_token_id", p.bos_id)
     w.add_uint32("tokenizer.ggml.eos_token_id", p.eos_id)
     w.add_uint32("tokenizer.ggml.padding_token_id", p.pad_id)
+    if v.unk_id is not None:
+        w.add_uint32("tokenizer.ggml.unknown_token_id", v.unk_id)
+    if v.mask_id is not None:
+        w.add_uint32("tokenizer.ggml.mask_token_id", v.mask_id)
     w.add_bool("tokenizer.ggml.add_bos_token", True)
     w.add_bool("tokenizer.ggml.add_space_prefix", False)
     if v.chat_template:

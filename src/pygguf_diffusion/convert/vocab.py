@@ -27,6 +27,10 @@ class Vocab:
     types: list[int]
     merges: list[str]
     chat_template: str | None
+    # tokenizer_config's unk_token / mask_token as ids (None: not defined). Published Gemma-4 GGUFs record
+    # them (3 and 4); llama.cpp's diffusion CLI (#24423) refuses a file without a mask token id.
+    unk_id: int | None = None
+    mask_id: int | None = None
 
 
 def _special_strings(tok_cfg: dict[str, Any]) -> set[str]:
@@ -120,5 +124,13 @@ def load_vocab(model_dir: Path, n_vocab: int) -> Vocab:
     for m in model.get("merges") or []:
         merges.append(" ".join(m) if isinstance(m, list) else str(m))
 
+    ids = {text: i for i, text in by_id.items()}
+
+    def named(key: str) -> int | None:
+        v = tok_cfg.get(key)
+        text = v.get("content") if isinstance(v, dict) else v
+        return ids.get(text) if isinstance(text, str) else None
+
     return Vocab(tokens=tokens, scores=[SCORE] * n_vocab, types=types, merges=merges,
-                 chat_template=_chat_template(model_dir, tok_cfg))
+                 chat_template=_chat_template(model_dir, tok_cfg), unk_id=named("unk_token"),
+                 mask_id=named("mask_token"))
