@@ -72,7 +72,7 @@ def theirs(binary: str, path: Path, prompt_text: str, steps: int, threads: int) 
     cmd = [binary, "-m", str(path), "-p", prompt_text, "-no-cnv", "-t", str(threads), "-n", "256",
            "--diffusion-eb", "on", "--diffusion-eb-max-steps", str(steps), "--diffusion-eb-stability", "100000",
            "--diffusion-eb-confidence", "1e-30", "-c", "1024", "-s", "0"]
-    p = subprocess.run(cmd, capture_output=True, text=True, timeout=3600)
+    p = subprocess.run(cmd, capture_output=True, text=True, errors="replace", timeout=3600)
     m = re.search(r"time per step: ([0-9.]+)ms \((\d+) steps", p.stdout + p.stderr)
     if not m:
         raise SystemExit(f"error: #24423 printed no step time (rc {p.returncode}):\n{(p.stdout + p.stderr)[-2000:]}")

@@ -26,6 +26,21 @@ void softcap_rows(ggml_tensor * dst, const ggml_tensor * a, int ith, int nth, vo
     }
 }
 
+void scale_rows(ggml_tensor * dst, const ggml_tensor * /*sc*/, const ggml_tensor * x, const ggml_tensor * t,
+                int ith, int nth, void * /*userdata*/) {
+    const float inv = 1.0f / *(const float *) t->data;
+    const int64_t n0 = x->ne[0];
+    const int64_t nr = ggml_nrows(x);
+    const int64_t per = (nr + nth - 1) / nth;
+    const int64_t r0 = per * ith, r1 = r0 + per < nr ? r0 + per : nr;
+    for (int64_t r = r0; r < r1; r++) {
+        const float * a = (const float *) ((const char *) x->data + r * x->nb[1]);
+        float * y = (float *) ((char *) dst->data + r * dst->nb[1]);
+#pragma omp simd
+        for (int64_t i = 0; i < n0; i++) y[i] = a[i] * inv;
+    }
+}
+
 // The categorical draw restricted by the draw settings (see draw_params in dgemma.h): weights
 // w_i = exp((x_i - max) / tau) (w = e when tau is 1), the top_k largest, then the smallest set of those
 // whose mass reaches top_p of theirs; the inverse CDF walks the kept tokens in index order, so top_k = V
@@ -128,6 +143,10 @@ void reduce_rows(ggml_tensor * dst, int ith, int nth, void * /*userdata*/) {
 ggml_tensor * row_reductions_cpu(ggml_context * ctx, ggml_tensor * lp, ggml_tensor * uniforms, ggml_tensor * draw) {
     ggml_tensor * args[3] = {lp, uniforms, draw};
     return ggml_custom_4d(ctx, GGML_TYPE_F32, 3, lp->ne[1], 1, 1, args, 3, reduce_rows, GGML_N_TASKS_MAX, nullptr);
+}
+
+ggml_tensor * scale_into_cpu(ggml_context * ctx, ggml_tensor * sc_state, ggml_tensor * logits, ggml_tensor * temperature) {
+    return ggml_map_custom3_inplace(ctx, sc_state, logits, temperature, scale_rows, GGML_N_TASKS_MAX, nullptr);
 }
 
 ggml_tensor * softcap_cpu_inplace(ggml_context * ctx, ggml_tensor * x, const float * cap) {

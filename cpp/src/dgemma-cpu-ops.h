@@ -10,6 +10,11 @@ namespace dgemma {
 // `cap` must outlive the graph (the model's hparams do).
 ggml_tensor * softcap_cpu_inplace(ggml_context * ctx, ggml_tensor * x, const float * cap);
 
+// sc_state = logits / temperature (temperature: F32 [1]), written in place into sc_state, which the result
+// views. One pass over the rows: ggml's DIV broadcasting a one-element divisor walks element by element
+// (~120 ms per step over 256 x 262144 logits on 2 cores), and the copy into sc_state was a second pass.
+ggml_tensor * scale_into_cpu(ggml_context * ctx, ggml_tensor * sc_state, ggml_tensor * logits, ggml_tensor * temperature);
+
 // Per-row reductions of processed logits lp [V, C] against uniforms [1, C], fused in one kernel:
 // returns [3, C] f32 rows of (argmax, entropy, inverse-CDF sample index). Argmax takes the lowest index on
 // ties; entropy = lse - sum(p * lp) with double accumulators; the sample is the count of cdf entries < u.

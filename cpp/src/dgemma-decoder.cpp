@@ -104,17 +104,21 @@ decoder_graph build_decoder(const graph_builder & g, const kv_store & kv, ggml_t
     ggml_build_forward_expand(dg.gf, dg.logits);
     // the processed logits stay on the device as the next step's self-conditioning input
     const int64_t V = hp.n_vocab;
-    ggml_tensor * lp = g.name(ggml_div(ctx, dg.logits, dg.temperature), "processed_logits");
 
     // Per-row reductions so a step moves O(C) numbers to the host (SPEC §6): argmax (lowest index on
     // ties), the entropy of softmax(lp), and an inverse-CDF categorical sample against one uniform per
     // row. On the CPU one fused kernel; elsewhere ggml ops: entropy = lse - sum(p * lp) with
     // lse = max - log(p[argmax]), sample = count of cdf entries below u.
+    ggml_tensor * lp = nullptr;
     if (reductions_on_cpu(m)) {
+        // lp = logits / temperature written straight into sc_state (one pass, no DIV node, no copy); every
+        // read of sc_state (the self-conditioning softmax) comes earlier: the logits depend on it
+        lp = g.name(scale_into_cpu(ctx, sc_state, dg.logits, dg.temperature), "processed_logits");
         dg.reduced = g.name(row_reductions_cpu(ctx, lp, dg.uniforms, dg.draw), "row_reductions");
         ggml_set_output(dg.reduced);
         ggml_build_forward_expand(dg.gf, dg.reduced);
     } else {
+        lp = g.name(ggml_div(ctx, dg.logits, dg.temperature), "processed_logits");
         // ggml_argmax promises a maximum, not the lowest index among equal maxima (CUDA's reduction returns
         // any): the lowest is the number of entries before the first maximum, counted exactly in floats
         ggml_tensor * any_max = ggml_argmax(ctx, lp);
@@ -139,9 +143,9 @@ decoder_graph build_decoder(const graph_builder & g, const kv_store & kv, ggml_t
             ggml_set_output(t);
             ggml_build_forward_expand(dg.gf, t);
         }
+        // written last: everything above reads this step's lp, the next step reads it through sc_state
+        ggml_build_forward_expand(dg.gf, ggml_cpy(ctx, lp, sc_state));
     }
-    // written last: everything above reads this step's lp, the next step reads it through sc_state
-    ggml_build_forward_expand(dg.gf, ggml_cpy(ctx, lp, sc_state));
     return dg;
 }
 
