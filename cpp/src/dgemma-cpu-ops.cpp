@@ -26,6 +26,24 @@ void softcap_rows(ggml_tensor * dst, const ggml_tensor * a, int ith, int nth, vo
     }
 }
 
+void gelu_rows(ggml_tensor * dst, const ggml_tensor * a, int ith, int nth, void * /*userdata*/) {
+    const float c = 0.7978845608028654f;   // sqrt(2 / pi)
+    const int64_t n0 = a->ne[0], n1 = a->ne[1], n2 = a->ne[2];
+    const int64_t nr = ggml_nrows(a);
+    const int64_t per = (nr + nth - 1) / nth;
+    const int64_t r0 = per * ith, r1 = r0 + per < nr ? r0 + per : nr;
+    for (int64_t r = r0; r < r1; r++) {
+        const int64_t i1 = r % n1, i2 = (r / n1) % n2, i3 = r / (n1 * n2);
+        const float * x = (const float *) ((const char *) a->data + i1 * a->nb[1] + i2 * a->nb[2] + i3 * a->nb[3]);
+        float * y = (float *) ((char *) dst->data + i1 * dst->nb[1] + i2 * dst->nb[2] + i3 * dst->nb[3]);
+#pragma omp simd
+        for (int64_t i = 0; i < n0; i++) {
+            const float v = x[i];
+            y[i] = 0.5f * v * (1.0f + tanhf(c * (v + 0.044715f * v * v * v)));
+        }
+    }
+}
+
 void scale_rows(ggml_tensor * dst, const ggml_tensor * /*sc*/, const ggml_tensor * x, const ggml_tensor * t,
                 int ith, int nth, void * /*userdata*/) {
     const float inv = 1.0f / *(const float *) t->data;
@@ -143,6 +161,10 @@ void reduce_rows(ggml_tensor * dst, int ith, int nth, void * /*userdata*/) {
 ggml_tensor * row_reductions_cpu(ggml_context * ctx, ggml_tensor * lp, ggml_tensor * uniforms, ggml_tensor * draw) {
     ggml_tensor * args[3] = {lp, uniforms, draw};
     return ggml_custom_4d(ctx, GGML_TYPE_F32, 3, lp->ne[1], 1, 1, args, 3, reduce_rows, GGML_N_TASKS_MAX, nullptr);
+}
+
+ggml_tensor * gelu_tanh_cpu(ggml_context * ctx, ggml_tensor * x) {
+    return ggml_map_custom1(ctx, x, gelu_rows, GGML_N_TASKS_MAX, nullptr);
 }
 
 ggml_tensor * scale_into_cpu(ggml_context * ctx, ggml_tensor * sc_state, ggml_tensor * logits, ggml_tensor * temperature) {

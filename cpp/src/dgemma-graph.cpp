@@ -1,4 +1,5 @@
 #include "dgemma-graph.h"
+#include "dgemma-cpu-ops.h"
 
 #include <cmath>
 #include <vector>
@@ -61,7 +62,9 @@ ggml_tensor * graph_builder::rms(ggml_tensor * x, ggml_tensor * w) const {
     return w ? ggml_mul(ctx, y, w) : y;
 }
 
-ggml_tensor * graph_builder::gelu_tanh(ggml_tensor * x) const {
+ggml_tensor * graph_builder::gelu_tanh(ggml_tensor * x, const ggml_tensor * w) const {
+    // where the product w feeds runs on the CPU, one vectorised pass (ggml's CPU tanh is scalar)
+    if (w->buffer && ggml_backend_buffer_is_host(w->buffer)) return gelu_tanh_cpu(ctx, x);
     // 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))
     const float c = std::sqrt(2.0f / (float) M_PI);
     ggml_tensor * x3 = ggml_mul(ctx, ggml_sqr(ctx, x), x);
@@ -71,7 +74,7 @@ ggml_tensor * graph_builder::gelu_tanh(ggml_tensor * x) const {
 }
 
 ggml_tensor * graph_builder::mlp(ggml_tensor * x, ggml_tensor * wg, ggml_tensor * wu, ggml_tensor * wd) const {
-    ggml_tensor * g = gelu_tanh(ggml_mul_mat(ctx, wg, x));
+    ggml_tensor * g = gelu_tanh(ggml_mul_mat(ctx, wg, x), wg);
     ggml_tensor * u = ggml_mul_mat(ctx, wu, x);
     return ggml_mul_mat(ctx, wd, ggml_mul(ctx, g, u));
 }
@@ -153,7 +156,7 @@ ggml_tensor * graph_builder::moe(ggml_tensor * x, int il) const {
         gate = ggml_mul_mat_id(ctx, L.exp_gate, xe, idx);
         up = ggml_mul_mat_id(ctx, L.exp_up, xe, idx);
     }
-    ggml_tensor * act = ggml_mul(ctx, gelu_tanh(gate), up);                        // [EI, K, T]
+    ggml_tensor * act = ggml_mul(ctx, gelu_tanh(gate, L.exp_gate_up ? L.exp_gate_up : L.exp_gate), up);   // [EI, K, T]
     ggml_tensor * y = ggml_mul_mat_id(ctx, L.exp_down, act, idx);                  // [H, K, T]
     y = ggml_mul(ctx, y, ggml_reshape_3d(ctx, w, 1, K, T));
     ggml_tensor * sum = nullptr;

@@ -36,8 +36,9 @@ struct graph_builder {
 
     // rms(x; w) over dim 0 (w null: the unweighted norm)
     ggml_tensor * rms(ggml_tensor * x, ggml_tensor * w) const;
-    // gelu_pytorch_tanh, composed from exact ops: ggml_gelu on the CPU reads an f16 table (~1e-2 logit error)
-    ggml_tensor * gelu_tanh(ggml_tensor * x) const;
+    // gelu_pytorch_tanh of x, the output of a product with weight w: composed from exact ops (ggml_gelu on
+    // the CPU reads an f16 table, ~1e-2 logit error), or one vectorised CPU kernel where w lives on the CPU
+    ggml_tensor * gelu_tanh(ggml_tensor * x, const ggml_tensor * w) const;
     // (gelu(x Wg) * (x Wu)) Wd
     ggml_tensor * mlp(ggml_tensor * x, ggml_tensor * wg, ggml_tensor * wu, ggml_tensor * wd) const;
 
