@@ -17,15 +17,17 @@ import argparse
 import json
 import os
 import random
-import select
+import queue
 import struct
 import subprocess
 import sys
 import tempfile
+import threading
 from collections import Counter
 from pathlib import Path
 
 CASE_TIMEOUT_S = 30
+STARTUP_TIMEOUT_S = 300   # a worker's imports, on a machine busy with other tests
 MEMORY_CAP = 6 << 30   # address space of a worker: far above what the tiny model needs
 
 
@@ -185,6 +187,9 @@ def worker(src_path: str, cases_path: str, start: int, tmpdir: str) -> None:
     import resource
 
     resource.setrlimit(resource.RLIMIT_AS, (MEMORY_CAP, MEMORY_CAP))
+    import pygguf_diffusion._core  # noqa: F401 - imported before READY: start-up is not a case's time
+
+    print("READY", flush=True)
     src = Path(src_path).read_bytes()
     specs = json.loads(Path(cases_path).read_text())
     cur = os.path.join(tmpdir, "case.gguf")
@@ -215,21 +220,28 @@ def run_specs(src: Path, specs: list[list], case_timeout_s: float = CASE_TIMEOUT
         while start < len(specs):
             p = subprocess.Popen([sys.executable, __file__, "--worker", str(src), cases_path, str(start), td],
                                  stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, bufsize=1)
-            current = None
-            assert p.stdout is not None
+            # lines through a thread and a queue: select() on the pipe would miss lines already sitting in
+            # the reader's buffer and report a hang that is not there
+            lines: queue.Queue[str] = queue.Queue()
+            threading.Thread(target=lambda f=p.stdout: [lines.put(x) for x in f] + [lines.put("")],
+                             daemon=True).start()
+            current, started = None, False
             while True:
-                ready, _, _ = select.select([p.stdout], [], [], case_timeout_s)
-                if not ready:
+                try:
+                    line = lines.get(timeout=case_timeout_s if started else STARTUP_TIMEOUT_S)
+                except queue.Empty:
                     p.kill()
                     results[current if current is not None else start] = ("timeout", "")
                     break
-                line = p.stdout.readline()
                 if not line:
                     rc = p.wait()
                     at = current if current is not None else start   # died before its first case: that one
                     if at not in results:
                         results[at] = ("crash", f"worker exit {rc}")
                     break
+                if line.strip() == "READY":
+                    started = True
+                    continue
                 kind, rest = line.split(" ", 1)
                 if kind == "S":
                     current = int(rest)

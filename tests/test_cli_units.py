@@ -24,8 +24,8 @@ def fake_model():
 
     class M:
         def __init__(self, path, *, n_ctx=None, n_gpu_layers=-1, n_threads=None, seed=None, verbose=False,
-                     progress=None):
-            calls.append(dict(n_ctx=n_ctx, progress=progress))
+                     progress=None, **placement):
+            calls.append(dict(n_ctx=n_ctx, progress=progress, **placement))
             if progress:
                 for f in (0.0, 0.5, 1.0):
                     progress(f)
