@@ -11,52 +11,53 @@ namespace dgemma {
 
 namespace {
 
-void softcap_rows(ggml_tensor * dst, const ggml_tensor * a, int ith, int nth, void * userdata) {
-    const float cap = *(const float *) userdata;
-    const float inv = 1.0f / cap;
-    const int64_t n0 = a->ne[0];
-    const int64_t nr = ggml_nrows(a);
+// Thread ith's contiguous share [r0, r1) of nr rows.
+void thread_rows(int64_t nr, int ith, int nth, int64_t & r0, int64_t & r1) {
     const int64_t per = (nr + nth - 1) / nth;
-    const int64_t r0 = per * ith, r1 = r0 + per < nr ? r0 + per : nr;
+    r0 = std::min(per * ith, nr);
+    r1 = std::min(r0 + per, nr);
+}
+
+// Calls fn(x_row, y_row, row length) for this thread's rows of a (any strides) and dst.
+template <typename F>
+void map_rows(ggml_tensor * dst, const ggml_tensor * a, int ith, int nth, F fn) {
+    const int64_t n1 = a->ne[1], n2 = a->ne[2];
+    int64_t r0, r1;
+    thread_rows(ggml_nrows(a), ith, nth, r0, r1);
     for (int64_t r = r0; r < r1; r++) {
-        const float * x = (const float *) ((const char *) a->data + r * a->nb[1]);
-        float * y = (float *) ((char *) dst->data + r * dst->nb[1]);
-#pragma omp simd
-        for (int64_t i = 0; i < n0; i++) y[i] = cap * tanhf(x[i] * inv);
+        const int64_t i1 = r % n1, i2 = (r / n1) % n2, i3 = r / (n1 * n2);
+        fn((const float *) ((const char *) a->data + i1 * a->nb[1] + i2 * a->nb[2] + i3 * a->nb[3]),
+           (float *) ((char *) dst->data + i1 * dst->nb[1] + i2 * dst->nb[2] + i3 * dst->nb[3]), a->ne[0]);
     }
 }
 
-void gelu_rows(ggml_tensor * dst, const ggml_tensor * a, int ith, int nth, void * /*userdata*/) {
-    const float c = 0.7978845608028654f;   // sqrt(2 / pi)
-    const int64_t n0 = a->ne[0], n1 = a->ne[1], n2 = a->ne[2];
-    const int64_t nr = ggml_nrows(a);
-    const int64_t per = (nr + nth - 1) / nth;
-    const int64_t r0 = per * ith, r1 = r0 + per < nr ? r0 + per : nr;
-    for (int64_t r = r0; r < r1; r++) {
-        const int64_t i1 = r % n1, i2 = (r / n1) % n2, i3 = r / (n1 * n2);
-        const float * x = (const float *) ((const char *) a->data + i1 * a->nb[1] + i2 * a->nb[2] + i3 * a->nb[3]);
-        float * y = (float *) ((char *) dst->data + i1 * dst->nb[1] + i2 * dst->nb[2] + i3 * dst->nb[3]);
+void softcap_rows(ggml_tensor * dst, const ggml_tensor * a, int ith, int nth, void * userdata) {
+    const float cap = *(const float *) userdata;
+    const float inv = 1.0f / cap;
+    map_rows(dst, a, ith, nth, [cap, inv](const float * x, float * y, int64_t n) {
 #pragma omp simd
-        for (int64_t i = 0; i < n0; i++) {
+        for (int64_t i = 0; i < n; i++) y[i] = cap * tanhf(x[i] * inv);
+    });
+}
+
+void gelu_rows(ggml_tensor * dst, const ggml_tensor * a, int ith, int nth, void * /*userdata*/) {
+    map_rows(dst, a, ith, nth, [](const float * x, float * y, int64_t n) {
+        const float c = 0.7978845608028654f;   // sqrt(2 / pi)
+#pragma omp simd
+        for (int64_t i = 0; i < n; i++) {
             const float v = x[i];
             y[i] = 0.5f * v * (1.0f + tanhf(c * (v + 0.044715f * v * v * v)));
         }
-    }
+    });
 }
 
 void scale_rows(ggml_tensor * dst, const ggml_tensor * /*sc*/, const ggml_tensor * x, const ggml_tensor * t,
                 int ith, int nth, void * /*userdata*/) {
     const float inv = 1.0f / *(const float *) t->data;
-    const int64_t n0 = x->ne[0];
-    const int64_t nr = ggml_nrows(x);
-    const int64_t per = (nr + nth - 1) / nth;
-    const int64_t r0 = per * ith, r1 = r0 + per < nr ? r0 + per : nr;
-    for (int64_t r = r0; r < r1; r++) {
-        const float * a = (const float *) ((const char *) x->data + r * x->nb[1]);
-        float * y = (float *) ((char *) dst->data + r * dst->nb[1]);
+    map_rows(dst, x, ith, nth, [inv](const float * a, float * y, int64_t n) {
 #pragma omp simd
-        for (int64_t i = 0; i < n0; i++) y[i] = a[i] * inv;
-    }
+        for (int64_t i = 0; i < n; i++) y[i] = a[i] * inv;
+    });
 }
 
 // The categorical draw restricted by the draw settings (see draw_params in dgemma.h): weights
@@ -112,8 +113,8 @@ void reduce_rows(ggml_tensor * dst, int ith, int nth, void * /*userdata*/) {
     const int64_t top_k = (int64_t) draw[1];
     const int64_t V = lp->ne[0], C = lp->ne[1];
     const bool restricted = tau != 1.0f || (top_k > 0 && top_k < V) || top_p < 1.0f;
-    const int64_t per = (C + nth - 1) / nth;
-    const int64_t r0 = per * ith, r1 = r0 + per < C ? r0 + per : C;
+    int64_t r0, r1;
+    thread_rows(C, ith, nth, r0, r1);
     std::vector<float> e((size_t) V), w;
     std::vector<int32_t> idx;
     if (restricted) {
