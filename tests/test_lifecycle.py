@@ -72,29 +72,36 @@ def test_close_from_another_thread_while_the_consumer_waits(model):
         model.generate("x")
 
 
+@pytest.mark.parametrize("cut", ["release", "stream cleanup and release"])
 @pytest.mark.parametrize("drop", [False, True])
-def test_a_release_cut_short_by_a_second_ctrl_c_is_finished_before_the_next_call(model, monkeypatch, drop):
-    """The second Ctrl-C of a double interrupt can land between the release's joins: the claim must not
-    be freed while the engine's thread still runs (the next generation raced it: a segfault or a ggml
-    assert, seen in CI), and the next call must wait for that thread instead of refusing."""
+def test_a_cleanup_cut_short_by_a_second_ctrl_c_is_finished_before_the_next_call(model, monkeypatch, drop, cut):
+    """The second Ctrl-C of a double interrupt can land just before a cleanup holds Ctrl-C back: the claim
+    must not be freed while the engine's thread still runs (the next generation raced it: a segfault or a
+    ggml assert, seen in CI), and the next call must wait for that thread instead of refusing."""
+    import contextlib
+
     import pygguf_diffusion.model as model_mod
 
     it = model.stream_generate("the hat", max_new_tokens=200, max_denoising_steps=48)
     next(it)
-    real_join = model_mod._join
-    calls = {"n": 0}
+    real = model_mod.sigint_held
+    left = {"cuts": 1 if cut == "release" else 2}
 
-    def interrupted_join(worker):
-        calls["n"] += 1
-        if calls["n"] == 1:
-            raise KeyboardInterrupt  # lands before the join waited for anything
-        real_join(worker)
+    @contextlib.contextmanager
+    def cut_short():
+        if left["cuts"]:
+            left["cuts"] -= 1
+            raise KeyboardInterrupt  # lands before the block holds Ctrl-C: nothing in it ran
+        with real():
+            yield
 
-    monkeypatch.setattr(model_mod, "_join", interrupted_join)
+    if cut == "release":
+        it._gen.close()  # the stream's own cleanup ran: the engine has returned, the prefix is recorded
+    monkeypatch.setattr(model_mod, "sigint_held", cut_short)
     with pytest.raises(KeyboardInterrupt):
-        it._release()
-    monkeypatch.setattr(model_mod, "_join", real_join)
-    assert model._busy  # the engine's thread may still run: the claim stays
+        it.close()
+    monkeypatch.setattr(model_mod, "sigint_held", real)
+    assert model._busy and not left["cuts"]  # the claim stays until someone waits for the engine
     if drop:
         del it  # dropped instead of finished: its own cleanup or the next call ends the claim
     r = model.generate("the hat", max_new_tokens=4, max_denoising_steps=2)

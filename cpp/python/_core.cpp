@@ -8,9 +8,37 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <mutex>
+#include <unordered_set>
+
 namespace py = pybind11;
 
 namespace {
+
+// A context is not thread-safe, and Python reaches one from two threads (a stream's engine thread and
+// its caller). Every call that computes with or changes the store holds this for its duration; a second
+// one meanwhile is refused with EngineError instead of racing the first (which corrupted the store).
+class context_in_use {
+public:
+    context_in_use(const dgemma::context & c, const char * what) : c_(&c) {
+        std::lock_guard<std::mutex> lock(mutex());
+        if (!held().insert(c_).second) {
+            throw dgemma::error(std::string(what) + ": the context is in use by another call (a generation "
+                                "still running on another thread?); wait for it to return");
+        }
+    }
+    ~context_in_use() {
+        std::lock_guard<std::mutex> lock(mutex());
+        held().erase(c_);
+    }
+    context_in_use(const context_in_use &) = delete;
+    context_in_use & operator=(const context_in_use &) = delete;
+
+private:
+    static std::mutex & mutex() { static std::mutex m; return m; }
+    static std::unordered_set<const dgemma::context *> & held() { static std::unordered_set<const dgemma::context *> s; return s; }
+    const dgemma::context * c_;
+};
 
 py::object g_log_sink;
 
@@ -249,6 +277,7 @@ py::dict py_generate(dgemma::context & c, i32_array prompt, int max_new_tokens, 
     std::vector<int32_t> toks(prompt.data(), prompt.data() + prompt.size());
     dgemma::generate_result r;
     {
+        context_in_use busy(c, "generate");
         py::gil_scoped_release release;
         r = dgemma::generate(c, toks.data(), (int32_t) toks.size(), p);
     }
@@ -341,6 +370,7 @@ PYBIND11_MODULE(_core, m) {
         .def("encode", [](dgemma::context & c, py::array_t<int32_t, py::array::c_style | py::array::forcecast> tokens) {
                  if (tokens.ndim() != 1) throw py::value_error("encode: tokens must be a 1-D array of token ids");
                  std::vector<int32_t> t(tokens.data(), tokens.data() + tokens.size());
+                 context_in_use busy(c, "encode");
                  py::gil_scoped_release release;
                  c.encode(t.data(), (int32_t) t.size());
              }, py::arg("tokens"), "Encode tokens at the next positions and append their K/V to the store.")
@@ -377,6 +407,7 @@ PYBIND11_MODULE(_core, m) {
                      dst = out.mutable_data();
                  }
                  {
+                     context_in_use busy(c, "decode_step");
                      py::gil_scoped_release release;
                      c.decode_step(cv.data(), sp, dst);
                  }
@@ -399,6 +430,7 @@ PYBIND11_MODULE(_core, m) {
                  std::vector<int32_t> cv(canvas.data(), canvas.data() + C), am(C), smp(C);
                  std::vector<float> u(uniforms.data(), uniforms.data() + C), ent(C);
                  {
+                     context_in_use busy(c, "decode_step_reduced");
                      py::gil_scoped_release release;
                      c.decode_step_reduced(cv.data(), sp, u.data(), am.data(), ent.data(), smp.data(), nullptr);
                  }
@@ -411,7 +443,10 @@ PYBIND11_MODULE(_core, m) {
         .def("read_kv", [](const dgemma::context & c, int il) {
                  std::vector<int32_t> pos;
                  std::vector<float> k, v;
-                 c.read_kv(il, pos, k, v);
+                 {
+                     context_in_use busy(c, "read_kv");
+                     c.read_kv(il, pos, k, v);
+                 }
                  const auto & hp = c.info().hp;
                  const int64_t n = (int64_t) pos.size(), nkv = hp.n_head_kv(il), hd = hp.head_dim(il);
                  py::array_t<float> K({n, nkv, hd}), Vv({n, nkv, hd});
@@ -471,7 +506,10 @@ PYBIND11_MODULE(_core, m) {
                  return out;
              }, "[{op, what, count, seconds}], largest total first.")
         .def("clear_op_profile", &dgemma::context::clear_op_profile)
-        .def("truncate", &dgemma::context::truncate, py::arg("n"))
+        .def("truncate", [](dgemma::context & c, int32_t n) {
+                 context_in_use busy(c, "truncate");
+                 c.truncate(n);
+             }, py::arg("n"), "Drop the stored K/V of positions >= n.")
         .def_property_readonly("n_past", &dgemma::context::n_past)
         .def_property_readonly("n_ctx", &dgemma::context::n_ctx)
         .def_property_readonly("canvas_length", &dgemma::context::canvas_length)

@@ -14,12 +14,12 @@ import contextlib
 import logging
 import os
 import shutil
-import signal
-import threading
 import sys
 import unicodedata
 from collections.abc import Callable, Iterator
 from typing import TextIO
+
+from ._signals import sigint_held
 
 DIM, RESET, CLEAR_ROW, UP = "\x1b[2m", "\x1b[0m", "\x1b[2K", "\x1b[A"
 TAB = 8
@@ -77,46 +77,44 @@ class Pen:
 
 
 @contextlib.contextmanager
-def _no_sigint() -> Iterator[None]:
-    """Ctrl-C waits until an escape sequence and the text after it are written whole.
+def answer_terminal(stdin: TextIO, stdout: TextIO, hide_echo: bool) -> Iterator[None]:
+    """The terminal's settings while an answer streams to it.
 
-    The Python-level handler is swapped, not the thread's signal mask: the generation's worker threads
-    would take a blocked signal and Python would still raise KeyboardInterrupt in this thread."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    pending: list[int] = []
-    old = signal.signal(signal.SIGINT, lambda signum, frame: pending.append(signum))
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, old)
-        if pending:
-            if callable(old):
-                old(signal.SIGINT, None)
-            else:
-                raise KeyboardInterrupt
-
-
-@contextlib.contextmanager
-def no_echo(stream: TextIO) -> Iterator[None]:
-    """While an answer is painted: keystrokes (and the '^C' a terminal echoes for Ctrl-C) are not echoed,
-    since an echo moves the cursor, and a wrap it causes would throw the row count of the draft off."""
+    NOFLSH: by default Ctrl-C makes the tty discard its output queue, what was written but not yet shown
+    (the terminal reads it a moment later; on a busy machine a whole paint). That dropped the erase of a
+    draft, or the last committed text, and left the screen out of step with what the view had recorded.
+    Typed-ahead input is discarded by hand instead, as the tty would have. With hide_echo (drafts are
+    painted) keystrokes, and the '^C' a terminal echoes for Ctrl-C, are not echoed either: an echo moves
+    the cursor, and a wrap it causes would throw the row count of the draft off."""
+    term = stdin if _isatty(stdin) else stdout if _isatty(stdout) else None
     try:
         import termios
 
-        fd = stream.fileno()
+        fd = term.fileno() if term is not None else -1
         old = termios.tcgetattr(fd)
     except (ImportError, OSError, ValueError, AttributeError):
         yield
         return
     new = list(old)
-    new[3] &= ~(termios.ECHO | getattr(termios, "ECHOCTL", 0))
+    new[3] |= termios.NOFLSH
+    if hide_echo and term is stdin:
+        new[3] &= ~(termios.ECHO | getattr(termios, "ECHOCTL", 0))
     termios.tcsetattr(fd, termios.TCSANOW, new)
     try:
         yield
+    except KeyboardInterrupt:
+        if term is stdin:
+            termios.tcflush(fd, termios.TCIFLUSH)
+        raise
     finally:
         termios.tcsetattr(fd, termios.TCSANOW, old)
+
+
+def _isatty(stream: TextIO) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):  # replaced or closed streams
+        return False
 
 
 class AnswerView:
@@ -142,7 +140,7 @@ class AnswerView:
     def _send(self, s: str, draft_rows: int | None = None, pen: Pen | None = None) -> None:
         """Write s and record what is then on screen, with Ctrl-C held back until both are done (a
         KeyboardInterrupt between them would leave a draft that end() no longer knows about)."""
-        with _no_sigint():
+        with sigint_held():
             self.out.write(s)
             self.out.flush()
             self.draft_rows = draft_rows

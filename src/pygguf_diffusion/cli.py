@@ -7,7 +7,6 @@ context loses its oldest turns (the system prompt stays), never the session.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import logging
 import math
 import os
@@ -16,7 +15,7 @@ from typing import Any
 
 from . import bundled
 from ._defaults import DEFAULT_N_CTX, INT32_MAX, MAX_THREADS
-from ._live import AnswerView, LoadProgress, no_echo
+from ._live import AnswerView, LoadProgress, answer_terminal
 from ._placement import KV_TYPES, parse_overrides
 from ._prompt import LineReader, read_message
 
@@ -219,7 +218,7 @@ def answer(model, tokens: list[int], args: argparse.Namespace, gen: dict[str, An
     view = AnswerView(sys.stdout, args.show_drafts)
     pieces: list[str] = []
     try:
-        with no_echo(sys.stdin) if view.drafts and sys.stdin.isatty() else contextlib.nullcontext():
+        with answer_terminal(sys.stdin, sys.stdout, hide_echo=view.drafts):
             for ev in model.stream_generate(tokens, drafts=view.drafts, **gen):
                 if isinstance(ev, DraftEvent):
                     view.draft(ev.text)

@@ -1,7 +1,6 @@
 """The Python API: load a DiffusionGemma GGUF, generate (streaming first), chat."""
 from __future__ import annotations
 
-import atexit
 import logging
 import os
 import queue
@@ -17,7 +16,9 @@ import numpy as np
 
 from . import _core, _logging
 from ._defaults import DEFAULT_N_CTX, INT32_MAX, MAX_THREADS
+from ._engine_thread import EngineThread
 from ._placement import KV_TYPES, check_overrides
+from ._signals import sigint_held
 from ._stops import StopScanner, check_stops
 from .chat import fit_prompt, render_chat
 from .tokenizer import GemmaTokenizer
@@ -199,7 +200,8 @@ class Model:
         self._context()
         self._finish_interrupted_release()
         if self._busy:
-            raise RuntimeError("a generation is already running on this Model")
+            raise RuntimeError("a generation is already running on this Model: finish or close() its iterator "
+                               "first (an iterator left open by an exception holds the Model until it is dropped)")
         settings = _check_settings(max_new_tokens=max_new_tokens, max_denoising_steps=max_denoising_steps,
                                    entropy_bound=entropy_bound, t_min=t_min, t_max=t_max,
                                    stability_threshold=stability_threshold,
@@ -230,9 +232,9 @@ class Model:
         return self._claim is not None and not self._claim.released
 
     def _finish_interrupted_release(self) -> None:
-        """A stream told to stop whose release a second Ctrl-C cut short still holds the claim: wait for its
-        engine thread (at most the current step) and release it, rather than race that thread."""
-        if self._busy and self._claim.abort.is_set():
+        """A stream that has ended but whose release a second Ctrl-C cut short still holds the claim: wait
+        for its engine thread (at most the current step) and release it, rather than race that thread."""
+        if self._busy and self._claim.stream_ended:
             self._claim.release()
 
     def _check_ids(self, prompt: Any) -> list[int]:
@@ -296,16 +298,18 @@ class Model:
             commits.append(d)
             q.put(("commit", d))
 
+        ctx = self._ctx
+
         def work() -> None:
             try:
-                r = _core.generate(self._ctx, np.asarray(todo, dtype=np.int32), seed=seed,
+                r = _core.generate(ctx, np.asarray(todo, dtype=np.int32), seed=seed,
                                    on_draft=on_draft if drafts else None, on_commit=on_commit,
                                    should_abort=abort.is_set, **settings)
                 q.put(("done", r))
             except BaseException as e:  # noqa: BLE001 - handed to the consumer thread
                 q.put(("error", e))
 
-        worker = threading.Thread(target=work, name="dgemma-generate", daemon=True)
+        worker = EngineThread(work, abort)
         claim.workers.append(worker)
         answer: list[int] = []
         scanner = StopScanner(stops)
@@ -349,10 +353,11 @@ class Model:
                                            stats=GenerationStats.from_dict(r["stats"]), prompt_tokens=tokens)
                     return
         finally:
-            abort.set()
-            try:
-                _join(worker)
-            finally:
+            # a Ctrl-C before this block is held leaves the claim unsettled: its release waits for the
+            # engine and forgets the stored prefix instead
+            with sigint_held():
+                abort.set()
+                worker.wait()
                 self._settle(tokens, commits)
                 claim.settled.set()
 
@@ -446,29 +451,35 @@ class _Claim:
     def __init__(self, model: Model) -> None:
         self.model = model
         self.abort = threading.Event()
-        self.workers: list[threading.Thread] = []
+        self.workers: list[EngineThread] = []
         self.settled = threading.Event()
         self.released = False
+        self.stream: weakref.ref | None = None  # the generator consuming the engine's events
+
+    @property
+    def stream_ended(self) -> bool:
+        """The consuming generator has finished (returned, raised, closed) or is gone: nothing but the
+        release is left to do. The interpreter sets this, so no Ctrl-C can leave it half-updated."""
+        gen = self.stream() if self.stream is not None else None
+        return gen is None or gen.gi_frame is None
 
     def stop(self) -> None:
         """Ask the engine to stop after its current step and wait for it (any thread)."""
         self.abort.set()
         for w in self.workers:
-            _join(w)
+            w.wait()
 
     def release(self) -> None:
-        """Free the Model, only once the engine's threads are gone: a second Ctrl-C can land anywhere in
-        here, and a new generation must never overlap this one (Model._finish_interrupted_release completes
-        a release cut short before the next call)."""
-        if self.released:
-            return
-        try:
+        """Free the Model once the engine's threads have returned. Ctrl-C meanwhile is delivered after
+        the release; one that lands before it starts leaves the claim held, and the Model's next call
+        finishes it (Model._finish_interrupted_release): a new generation never overlaps this one."""
+        with sigint_held():
+            if self.released:
+                return
             self.stop()
-        finally:
-            if not any(w.is_alive() for w in self.workers):
-                if self.workers and not self.settled.is_set() and self.model._ctx is not None:
-                    self.model._forget_prefix()  # what the context holds is unknown: start afresh
-                self.released = True
+            if self.workers and not self.settled.is_set() and self.model._ctx is not None:
+                self.model._forget_prefix()  # what the context holds is unknown: start afresh
+            self.released = True
 
 
 class _Generation(Iterator[Event]):
@@ -481,6 +492,7 @@ class _Generation(Iterator[Event]):
         self.model = model
         self._claim = claim
         self._gen = model._stream(tokens, settings, seed, drafts, stops, claim)
+        claim.stream = weakref.ref(self._gen)
         self._consumer: int | None = None  # the thread that iterates it
         _LIVE.add(self)
 
@@ -493,8 +505,10 @@ class _Generation(Iterator[Event]):
             raise
 
     def close(self) -> None:
-        self._gen.close()
-        self._release()
+        try:
+            self._gen.close()
+        finally:
+            self._release()
 
     def close_or_stop(self) -> None:
         """close() from the consuming thread; from any other, stop() (closing a generator another thread
@@ -514,27 +528,6 @@ class _Generation(Iterator[Event]):
         self._claim.release()
         if self._claim.released:
             _LIVE.discard(self)
-
-
-def _join(worker: threading.Thread) -> None:
-    """Wait for the engine's thread even through repeated Ctrl-C (the engine checks the abort flag after
-    every step), then re-raise the interrupt: returning while it still runs would let the next call race it."""
-    interrupted: BaseException | None = None
-    while worker.is_alive():
-        try:
-            worker.join()
-        except KeyboardInterrupt as e:
-            interrupted = e
-    if interrupted is not None:
-        raise interrupted
-
-
-@atexit.register
-def _stop_live_generations() -> None:
-    # a stream still held at exit would leave the engine's thread running while the interpreter tears
-    # down (std::terminate); stop each one after its current step
-    for gen in list(_LIVE):
-        gen.stop()
 
 
 def _usage(n_prompt: int, r: GenerationResult) -> dict:
