@@ -17,17 +17,12 @@ import argparse
 import json
 import os
 import random
-import queue
 import struct
-import subprocess
 import sys
-import tempfile
-import threading
-from collections import Counter
 from pathlib import Path
 
-CASE_TIMEOUT_S = 30
-STARTUP_TIMEOUT_S = 300   # a worker's imports, on a machine busy with other tests
+from fuzz_workers import CASE_TIMEOUT_S, report, run_cases
+
 MEMORY_CAP = 6 << 30   # address space of a worker: far above what the tiny model needs
 
 
@@ -202,7 +197,7 @@ def worker(src_path: str, cases_path: str, start: int, tmpdir: str) -> None:
                 pass
         Path(cur).write_bytes(apply(src, specs[i]))
         cls, msg = run_case(cur)
-        print(f"R {i} {cls} {json.dumps(msg)}", flush=True)
+        report(i, cls, msg)
 
 
 def fuzz(src: Path, n: int, seed: int) -> dict:
@@ -212,47 +207,7 @@ def fuzz(src: Path, n: int, seed: int) -> dict:
 
 def run_specs(src: Path, specs: list[list], case_timeout_s: float = CASE_TIMEOUT_S) -> dict:
     """Runs the given mutation specs in workers (["abort"] and ["hang"] test the harness itself)."""
-    results: dict[int, tuple[str, str]] = {}
-    with tempfile.TemporaryDirectory() as td:
-        cases_path = os.path.join(td, "cases.json")
-        Path(cases_path).write_text(json.dumps(specs))
-        start = 0
-        while start < len(specs):
-            p = subprocess.Popen([sys.executable, __file__, "--worker", str(src), cases_path, str(start), td],
-                                 stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, bufsize=1)
-            # lines through a thread and a queue: select() on the pipe would miss lines already sitting in
-            # the reader's buffer and report a hang that is not there
-            lines: queue.Queue[str] = queue.Queue()
-            threading.Thread(target=lambda f=p.stdout: [lines.put(x) for x in f] + [lines.put("")],
-                             daemon=True).start()
-            current, started = None, False
-            while True:
-                try:
-                    line = lines.get(timeout=case_timeout_s if started else STARTUP_TIMEOUT_S)
-                except queue.Empty:
-                    p.kill()
-                    results[current if current is not None else start] = ("timeout", "")
-                    break
-                if not line:
-                    rc = p.wait()
-                    at = current if current is not None else start   # died before its first case: that one
-                    if at not in results:
-                        results[at] = ("crash", f"worker exit {rc}")
-                    break
-                if line.strip() == "READY":
-                    started = True
-                    continue
-                kind, rest = line.split(" ", 1)
-                if kind == "S":
-                    current = int(rest)
-                elif kind == "R":
-                    i, cls, msg = rest.split(" ", 2)
-                    results[int(i)] = (cls, json.loads(msg))
-            p.wait()
-            start = (max(results) + 1) if results else len(specs)
-    failures = [{"case": i, "spec": specs[i], "outcome": c, "detail": m} for i, (c, m) in sorted(results.items())
-                if c in ("exception", "crash", "timeout")]
-    return {"counts": Counter(c for c, _ in results.values()), "failures": failures, "n": len(specs)}
+    return run_cases([sys.executable, __file__, "--worker", str(src)], specs, case_timeout_s)
 
 
 def main() -> int:

@@ -205,6 +205,38 @@ def test_ctrl_c_twice_leaves_the_model_usable(converted):
     assert "interrupted" in out and "after length" in out, (out, err)
 
 
+def test_values_of_the_wrong_kind_are_refused_by_name(model, converted):
+    """Found by the parameter fuzzer: each of these reached Python's or pybind11's own words ('int' object
+    is not iterable, incompatible constructor arguments, dictionary update sequence) instead of a check."""
+    import numpy as np
+
+    for prompt in (7, None, np.int64(5), np.zeros((2, 2), dtype=np.int64)):
+        with pytest.raises(TypeError, match="prompt: pass text"):
+            model.generate(prompt, **FAST)
+    with pytest.raises(TypeError, match="tokenize: text must be a str"):
+        model.tokenize(None)
+    with pytest.raises(TypeError, match="tokens: pass a sequence of token ids, got str"):
+        model.detokenize("the hat")
+    with pytest.raises(ValueError, match=r"tokens\[1\] = -3: token ids must be in"):
+        model.detokenize([2, -3])
+    with pytest.raises(_core.EngineError, match=r"n_ctx must be <= 16777216"):
+        Model(converted("spec9", "f32"), n_ctx=2**31 - 1)  # padded in int32, it overflowed a ggml view (abort)
+    with pytest.raises(ValueError, match="stop must be"):
+        model.generate("the hat", stop=5, **FAST)
+    with pytest.raises(ValueError, match="response_format 'text' is not supported"):
+        model.create_chat_completion([{"role": "user", "content": "x"}], response_format="text")
+    for messages in ([["user", "x"]], "the hat", {"role": "user"}, [{"role": 5}]):
+        with pytest.raises(ValueError, match="messages must be|message 0 must be"):
+            model.create_chat_completion(messages, max_tokens=4, **FAST)
+    path = converted("spec9", "f32")
+    for kw, match in (({"n_gpu_layers": b"x"}, "n_gpu_layers must be"), ({"n_gpu_layers": -2}, "n_gpu_layers must be"),
+                      ({"cpu_moe": 0.5}, "cpu_moe must be"), ({"tensor_overrides": np.float64(0.5)}, "tensor_overrides")):
+        with pytest.raises(ValueError, match=match):
+            Model(path, **kw)
+    with Model(path, n_ctx=256, n_cpu_moe=None, tensor_overrides=None) as m:  # None: the defaults
+        assert m.generate("the hat", max_new_tokens=4, **FAST).finish_reason in ("length", "stop")
+
+
 def test_seeds_are_uint64(model, converted):
     for bad, kind in ((-1, ValueError), (2**64, ValueError), (1.5, TypeError), (True, TypeError), ("7", TypeError)):
         with pytest.raises(kind, match="seed must be"):

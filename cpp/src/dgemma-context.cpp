@@ -95,6 +95,13 @@ public:
     // Validates the parameters before the KV store is sized from them; returns n_ctx.
     static int32_t check_ctx(const context_params & p, const model & m) {
         if (p.n_ctx < 1) throw error("n_ctx must be >= 1, got " + std::to_string(p.n_ctx));
+        // the decoder's masks compute positions in the graph as float32 (exact up to 2^24), and the stores
+        // are padded in int32 arithmetic: past this the graph would read the wrong keys, or a view overflow
+        constexpr int32_t MAX_N_CTX = 1 << 24;
+        if (p.n_ctx > MAX_N_CTX) {
+            throw error("n_ctx must be <= " + std::to_string(MAX_N_CTX) + " (positions are float32 in the decoder's "
+                        "masks), got " + std::to_string(p.n_ctx));
+        }
         // checked before anything is allocated: ggml's thread pool holds at most GGML_MAX_N_THREADS
         if (p.n_threads > GGML_MAX_N_THREADS) {
             throw error("n_threads must be <= " + std::to_string(GGML_MAX_N_THREADS) + ", got " +

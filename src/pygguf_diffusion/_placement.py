@@ -16,6 +16,10 @@ def check_overrides(overrides: Sequence[Any]) -> list[tuple[str, str]]:
     if isinstance(overrides, (str, bytes)):
         raise ValueError("tensor_overrides must be a sequence of (pattern, device) pairs; for the CLI's "
                          "'PATTERN=DEVICE,...' text use parse_overrides")
+    if overrides is None:
+        return []
+    if not isinstance(overrides, Iterable):
+        raise ValueError(f"tensor_overrides must be a sequence of (pattern, device) pairs, got {overrides!r:.60}")
     out: list[tuple[str, str]] = []
     for item in overrides:
         if not (isinstance(item, (tuple, list)) and len(item) == 2 and all(isinstance(x, str) for x in item)):

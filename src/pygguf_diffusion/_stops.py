@@ -5,6 +5,8 @@ from collections.abc import Sequence
 
 
 def check_stops(stop: str | Sequence[str] | None) -> list[str]:
+    if stop is not None and not isinstance(stop, (str, Sequence)):
+        raise ValueError(f"stop must be a non-empty string or a list of them, got {stop!r}")
     stops = [stop] if isinstance(stop, str) else list(stop or [])
     if not all(isinstance(s, str) and s for s in stops):
         raise ValueError(f"stop must be a non-empty string or a list of them, got {stop!r}")

@@ -104,14 +104,24 @@ def _compile(template: str) -> jinja2.Template:
         raise ChatTemplateError(f"the model's chat template does not parse: {e}") from e
 
 
+def check_messages(messages: Any) -> None:
+    """A chat is a sequence of {"role": str, "content": ...} mappings: ChatTemplateError (a ValueError)
+    naming the first entry that is not."""
+    if isinstance(messages, (str, bytes, Mapping)) or not isinstance(messages, Sequence):
+        raise ChatTemplateError(f"messages must be a list of {{'role': ..., 'content': ...}} dicts, got "
+                                f"{type(messages).__name__}")
+    for i, m in enumerate(messages):
+        if not isinstance(m, Mapping) or not isinstance(m.get("role"), str):
+            raise ChatTemplateError(f"message {i} must be a dict with a 'role' string (and usually 'content'), "
+                                    f"got {m!r:.80}")
+
+
 def render_chat(template: str, messages: Sequence[Mapping[str, Any]], *, add_generation_prompt: bool = True,
                 bos_token: str = "<bos>", eos_token: str = "<eos>", tools: list[dict] | None = None,
                 **extra: Any) -> str:
     """The prompt text for `messages` ({"role", "content"} dicts). The Gemma templates emit `<bos>`
     themselves, so tokenize the result without adding another."""
-    for i, m in enumerate(messages):
-        if not isinstance(m, Mapping) or "role" not in m:
-            raise ChatTemplateError(f"message {i} must be a dict with a 'role' (and usually 'content')")
+    check_messages(messages)
     _budget.items, _budget.deadline = 0, time.monotonic() + MAX_RENDER_SECONDS
     try:
         out, size = [], 0
@@ -140,6 +150,7 @@ def fit_messages(messages: Sequence[Mapping[str, Any]], count_tokens: Callable[[
     (the rendered template, tokenized); the budget is usually n_ctx minus room for one canvas. Raises
     ValueError when even the system messages and the newest user message do not fit.
     """
+    check_messages(messages)
     msgs = [dict(m) for m in messages]
     head = 0
     while head < len(msgs) and msgs[head].get("role") in ("system", "developer"):

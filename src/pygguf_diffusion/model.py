@@ -75,6 +75,10 @@ class Model:
             lo = 0 if name == "n_cpu_moe" else 1
             if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
                 raise ValueError(f"{name} must be an integer in [{lo}, {hi}], got {v!r}")
+        if isinstance(n_gpu_layers, bool) or not isinstance(n_gpu_layers, int) or not -1 <= n_gpu_layers <= INT32_MAX:
+            raise ValueError(f"n_gpu_layers must be an integer in [-1, {INT32_MAX}] (-1: all), got {n_gpu_layers!r}")
+        if not isinstance(cpu_moe, (bool, np.bool_)):
+            raise ValueError(f"cpu_moe must be True or False, got {cpu_moe!r}")
         overrides = check_overrides(tensor_overrides)
         for name, v in (("type_k", type_k), ("type_v", type_v)):
             if v not in KV_TYPES:
@@ -85,7 +89,7 @@ class Model:
         if verbose:
             logging.getLogger("pygguf_diffusion").setLevel(logging.INFO)
         self.path = path
-        self._model = _core.Model(path, n_gpu_layers, cpu_moe, progress=progress, n_cpu_moe=n_cpu_moe,
+        self._model = _core.Model(path, n_gpu_layers, bool(cpu_moe), progress=progress, n_cpu_moe=n_cpu_moe or 0,
                                   tensor_overrides=overrides)
         self.info: dict[str, Any] = self._model.info()
         vocab = self._model.vocab()  # the engine's checks: EngineError naming the file
@@ -142,10 +146,12 @@ class Model:
                 "kv_bytes": mem["kv_bytes"], "sc_bytes": mem["sc_bytes"], "compute_bytes": mem["compute_bytes"]}
 
     def tokenize(self, text: str, *, add_bos: bool = True) -> list[int]:
-        return self.tokenizer.encode(text, add_bos=add_bos)
+        if not isinstance(text, str):
+            raise TypeError(f"tokenize: text must be a str, got {type(text).__name__}")
+        return self.tokenizer.encode(text, add_bos=bool(add_bos))
 
     def detokenize(self, tokens: Sequence[int]) -> str:
-        return self.tokenizer.decode(tokens)
+        return self.tokenizer.decode(self._check_ids(tokens, "tokens"))
 
     def apply_chat_template(self, messages: Sequence[Mapping[str, Any]], *, add_generation_prompt: bool = True,
                             **kwargs: Any) -> str:
@@ -237,16 +243,20 @@ class Model:
         if self._busy and self._claim.stream_ended:
             self._claim.release()
 
-    def _check_ids(self, prompt: Any) -> list[int]:
+    def _check_ids(self, prompt: Any, what: str = "prompt") -> list[int]:
+        text = "text (str) or " if what == "prompt" else ""
         if isinstance(prompt, (bytes, bytearray, memoryview)):
-            raise TypeError("prompt: bytes are not token ids; pass text (str) or a sequence of token ids")
+            raise TypeError(f"{what}: bytes are not token ids; pass {text}a sequence of token ids")
+        if (isinstance(prompt, str) or not isinstance(prompt, (Sequence, np.ndarray)) or
+                (isinstance(prompt, np.ndarray) and prompt.ndim != 1)):
+            raise TypeError(f"{what}: pass {text}a sequence of token ids, got {type(prompt).__name__}")
         n_vocab = int(self.info["hparams"]["n_vocab"])
         ids = []
         for i, t in enumerate(prompt):
             if isinstance(t, (bool, np.bool_)) or not isinstance(t, (int, np.integer)):
-                raise TypeError(f"prompt[{i}] = {t!r}: token ids must be integers")
+                raise TypeError(f"{what}[{i}] = {t!r}: token ids must be integers")
             if not 0 <= int(t) < n_vocab:
-                raise ValueError(f"prompt[{i}] = {int(t)}: token ids must be in [0, {n_vocab}) for this model")
+                raise ValueError(f"{what}[{i}] = {int(t)}: token ids must be in [0, {n_vocab}) for this model")
             ids.append(int(t))
         return ids
 
@@ -392,7 +402,8 @@ class Model:
         are dropped whole (logged once per Model). `context_overflow="error"` raises ValueError instead."""
         if isinstance(n, bool) or n != 1:
             raise ValueError(f"n={n!r}: only one choice per request is supported (n=1)")
-        if response_format is not None and dict(response_format or {}).get("type", "text") != "text":
+        if response_format is not None and (not isinstance(response_format, Mapping) or
+                                            response_format.get("type", "text") != "text"):
             raise ValueError(f"response_format {response_format!r} is not supported yet (plain text only)")
         if max_tokens is not None:
             if "max_new_tokens" in kwargs:
