@@ -103,7 +103,7 @@ _GEN = {  # parameter: (kind, plausible value)
 _MODEL = {
     "n_ctx": ("int", lambda r: r.randint(64, 2048)),
     "n_batch": ("int", lambda r: r.randint(1, 512)),
-    "n_threads": ("int", lambda r: r.randint(1, 4)),
+    "n_threads": ("threads", lambda r: r.randint(1, 4)),
     "seed": ("int", lambda r: r.randint(0, 2**64 - 1)),
     "type_k": ("str", lambda r: r.choice(["f32", "f16", "bf16", "q8_0", "q4_0", "q5_1"])),
     "type_v": ("str", lambda r: r.choice(["f32", "f16", "q8_0", "q4_1", "q5_0", "bogus"])),
@@ -129,9 +129,13 @@ _CLI = {
 def _value(rnd: random.Random, kind: str, plausible):
     if rnd.random() < 0.5:
         return plausible(rnd)
-    v = _hostile(rnd, "int" if kind == "steps" else kind)
+    v = _hostile(rnd, "int" if kind in ("steps", "threads") else kind)
     if kind == "steps" and isinstance(v, int) and not isinstance(v, bool) and 1000 < v < 2**31:
         v = 1000   # a valid but enormous step count is work asked for, not a hang; 1000 is plenty
+    if kind == "threads" and isinstance(v, int) and not isinstance(v, bool) and 64 < v <= 512:
+        # valid, but a worker capped at 6 GiB whose OpenMP pool already holds threads from earlier cases
+        # runs out of address space for 255 more stacks after the context's start-up check passed
+        v = 64
     return v
 
 

@@ -120,6 +120,63 @@ def test_a_thread_pool_ggml_cannot_hold_is_refused_before_loading(converted, tmp
         _core.Context(m, n_ctx=64, n_threads=100000)
 
 
+@pytest.mark.parametrize("end", ["close", "drop"])
+@pytest.mark.parametrize("how", ["generate", "stream closed early", "chat"])
+def test_a_closed_or_dropped_model_frees_its_context_at_once_not_at_the_next_collection(converted, how, end):
+    """A Model and its stream's claim referred to each other, and a closure of the engine thread held the
+    context: a Model closed or dropped after a generation kept its context (22 MB for the tiny model; the
+    weights too when dropped) until the cycle collector ran. The parameter fuzzer's workers reached their
+    6 GiB cap after a few thousand cases; a server dropping a real model would have held gigabytes."""
+    import gc
+    import weakref
+
+    gc.disable()
+    try:
+        m = Model(converted("spec9", "f32"), n_ctx=256, n_threads=1)
+        ctx, core_model = weakref.ref(m._ctx), weakref.ref(m._model)
+        if how == "generate":
+            m.generate("the hat", max_new_tokens=8, **FAST)
+        elif how == "chat":
+            list(m.create_chat_completion([{"role": "user", "content": "the hat"}], stream=True, max_tokens=8, **FAST))
+        else:
+            it = m.stream_generate("the hat", max_new_tokens=40, **FAST)
+            next(it)
+            it.close()
+            del it  # a live iterator holds its Model, closed or not
+        if end == "close":
+            m.close()
+        else:
+            del m
+        assert ctx() is None and core_model() is None
+    finally:
+        gc.enable()
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX resource limits")
+def test_threads_the_process_cannot_start_are_refused_not_exit_1(converted):
+    """Under an address-space cap too small for 400 thread stacks, OpenMP's runtime printed 'libgomp: Thread
+    creation failed' and ended the process with status 1 at the first compute (found by the parameter fuzzer,
+    whose workers run under a cap). The context starts its threads once first and refuses by name."""
+    script = textwrap.dedent(f"""
+        import resource
+        resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30))
+        from pygguf_diffusion import EngineError, Model
+        try:
+            Model({str(converted("spec9", "f32"))!r}, n_ctx=256, n_threads=400)
+            print("started 400")
+        except EngineError as e:
+            print("refused", e)
+        m = Model({str(converted("spec9", "f32"))!r}, n_ctx=256, n_threads=4)
+        print("after", m.generate("the hat", max_new_tokens=4, max_denoising_steps=2).finish_reason)
+    """)
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    first, after = r.stdout.splitlines()
+    assert first == "started 400" or first.startswith("refused n_threads 400: this process cannot start that many "
+                                                      "threads"), first
+    assert after == "after length"
+
+
 def test_token_ids_must_be_ids(model):
     V = model.info["hparams"]["n_vocab"]
     with pytest.raises(ValueError, match=r"prompt\[1\] = 4294967301: token ids must be in \[0, "):

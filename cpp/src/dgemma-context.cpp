@@ -16,6 +16,8 @@
 #include <map>
 #include <memory>
 #include <string>
+#include <system_error>
+#include <vector>
 #include <cmath>
 #include <thread>
 
@@ -92,6 +94,24 @@ public:
         }
     }
 
+    // OpenMP's runtime ends the process (status 1) when it cannot start a team's threads (a low ulimit -u,
+    // an address-space cap too small for their stacks); ggml's own pool aborts. Start as many threads once,
+    // all alive together as in a compute, while an error can still be raised instead.
+    static void check_threads_can_start(int32_t n) {
+        std::vector<std::thread> started;
+        std::string failure;
+        try {
+            for (int32_t i = 1; i < n; i++) started.emplace_back([] {});
+        } catch (const std::system_error & e) {
+            failure = e.what();
+        }
+        for (auto & t : started) t.join();
+        if (!failure.empty()) {
+            throw error("n_threads " + std::to_string(n) + ": this process cannot start that many threads (only " +
+                        std::to_string(started.size() + 1) + ": " + failure + "); use fewer");
+        }
+    }
+
     // Validates the parameters before the KV store is sized from them; returns n_ctx.
     static int32_t check_ctx(const context_params & p, const model & m) {
         if (p.n_ctx < 1) throw error("n_ctx must be >= 1, got " + std::to_string(p.n_ctx));
@@ -108,6 +128,7 @@ public:
                         std::to_string(p.n_threads));
         }
         if (p.n_batch < 1) throw error("n_batch must be >= 1, got " + std::to_string(p.n_batch));
+        check_threads_can_start(p.n_threads);
         if (p.n_ctx > m.info.hp.n_ctx_train) {
             log_msg(LOG_WARN, "n_ctx %d exceeds the model's context_length %d\n", p.n_ctx, m.info.hp.n_ctx_train);
         }

@@ -33,6 +33,7 @@ class EngineThread:
         try:
             self._target()
         finally:
+            self._target = None  # its closure may hold a context: not for as long as this object lives
             with _LOCK:
                 _RUNNING.discard(self)
             self.done.set()

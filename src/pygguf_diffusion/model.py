@@ -308,11 +308,9 @@ class Model:
             commits.append(d)
             q.put(("commit", d))
 
-        ctx = self._ctx
-
         def work() -> None:
             try:
-                r = _core.generate(ctx, np.asarray(todo, dtype=np.int32), seed=seed,
+                r = _core.generate(self._ctx, np.asarray(todo, dtype=np.int32), seed=seed,
                                    on_draft=on_draft if drafts else None, on_commit=on_commit,
                                    should_abort=abort.is_set, **settings)
                 q.put(("done", r))
@@ -457,10 +455,12 @@ class Model:
 
 class _Claim:
     """A stream's hold on its Model: the engine threads it started, their abort flag, whether the Model
-    recorded what the context holds. The Model keeps it (a stream dropped mid-release must not strand it)."""
+    recorded what the context holds. The Model keeps it (a stream dropped mid-release must not strand it);
+    it refers to the Model weakly, since a cycle would keep a dropped Model's weights and context alive until
+    the next garbage collection."""
 
     def __init__(self, model: Model) -> None:
-        self.model = model
+        self.model = weakref.ref(model)
         self.abort = threading.Event()
         self.workers: list[EngineThread] = []
         self.settled = threading.Event()
@@ -488,8 +488,9 @@ class _Claim:
             if self.released:
                 return
             self.stop()
-            if self.workers and not self.settled.is_set() and self.model._ctx is not None:
-                self.model._forget_prefix()  # what the context holds is unknown: start afresh
+            model = self.model()
+            if self.workers and not self.settled.is_set() and model is not None and model._ctx is not None:
+                model._forget_prefix()  # what the context holds is unknown: start afresh
             self.released = True
 
 
