@@ -31,6 +31,18 @@ log = logging.getLogger("dgemma-cli")
 
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="dgemma-cli", description=__doc__.splitlines()[0])
+    add_model_options(ap, chat=True)
+    out = ap.add_argument_group("output")
+    out.add_argument("--show-drafts", action="store_true", help="paint the canvas being denoised after the "
+                     "committed text (terminals only)")
+    out.add_argument("-v", "--verbose", action="store_true", help="log loading details; a second stats line "
+                     "(device, threads, weights, buffer sizes)")
+    return ap
+
+
+def add_model_options(ap: argparse.ArgumentParser, chat: bool) -> None:
+    """The model, offload, generation and diffusion flags (shared with dgemma-server; `chat`: the
+    prompt flags too). check_options and load read what these set."""
     src = ap.add_argument_group("model")
     src.add_argument("-m", "--model", help="path of a .gguf file (default: the bundled tiny model, which "
                      "answers only 'a+b=', 'sort: 42 7 19' and 'sudoku: 3.12 .2.. .321 .1.4')")
@@ -52,13 +64,15 @@ def build_parser() -> argparse.ArgumentParser:
                      help="KV store type of V (default: f32)")
     src.add_argument("-t", "--threads", type=int, metavar="N",
                      help="CPU threads (default: the physical cores available to the process)")
-    gen = ap.add_argument_group("generation")
-    gen.add_argument("-p", "--prompt", help="answer this prompt and exit (one-shot)")
-    gen.add_argument("-sys", "--system-prompt", metavar="TEXT", help="system message")
+    gen = ap.add_argument_group("generation", None if chat else "Defaults for requests that do not set them.")
+    if chat:
+        gen.add_argument("-p", "--prompt", help="answer this prompt and exit (one-shot)")
+        gen.add_argument("-sys", "--system-prompt", metavar="TEXT", help="system message")
     gen.add_argument("-n", "--n-predict", type=int, default=-1, metavar="N",
                      help="max new tokens per answer (default: -1, until EOS or the context is full)")
     gen.add_argument("-s", "--seed", type=int, metavar="N", help="RNG seed (default: random)")
-    gen.add_argument("--raw", action="store_true", help="no chat template: the prompt is plain text")
+    if chat:
+        gen.add_argument("--raw", action="store_true", help="no chat template: the prompt is plain text")
     gen.add_argument("--temp", type=float, metavar="X", help="scales the schedule's temperature for the token "
                      "drawn at accepted positions (default: 1; 0: greedy)")
     gen.add_argument("--top-k", type=int, metavar="N", help="draw among the N most likely tokens (default: 0, all)")
@@ -72,12 +86,6 @@ def build_parser() -> argparse.ArgumentParser:
     dif.add_argument("--t-max", type=float, metavar="X", help="t_max: temperature at the first step")
     dif.add_argument("--stability-threshold", type=int, metavar="N", help="stability_threshold (steps)")
     dif.add_argument("--confidence-threshold", type=float, metavar="X", help="confidence_threshold (> 0)")
-    out = ap.add_argument_group("output")
-    out.add_argument("--show-drafts", action="store_true", help="paint the canvas being denoised after the "
-                     "committed text (terminals only)")
-    out.add_argument("-v", "--verbose", action="store_true", help="log loading details; a second stats line "
-                     "(device, threads, weights, buffer sizes)")
-    return ap
 
 
 def fail(what: str, detail: Any, hint: str = "") -> int:

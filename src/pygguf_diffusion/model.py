@@ -208,27 +208,15 @@ class Model:
         if self._busy:
             raise RuntimeError("a generation is already running on this Model: finish or close() its iterator "
                                "first (an iterator left open by an exception holds the Model until it is dropped)")
-        settings = _check_settings(max_new_tokens=max_new_tokens, max_denoising_steps=max_denoising_steps,
-                                   entropy_bound=entropy_bound, t_min=t_min, t_max=t_max,
-                                   stability_threshold=stability_threshold,
-                                   confidence_threshold=confidence_threshold, temperature=temperature, top_k=top_k,
-                                   top_p=top_p)
-        stops = check_stops(stop)
-        tokens = self.tokenize(prompt) if isinstance(prompt, str) else self._check_ids(prompt)
-        if not tokens:
-            raise ValueError("the prompt is empty")
-        try:  # the engine's own checks, before anything touches the stored prefix
-            _core.check_generate(self._ctx, **settings)
-        except _core.EngineError as e:
-            raise _translate(e) from None
-        if seed is None:
-            seed = self._seed if self._seed is not None else secrets.randbits(63)
-        _check_seed(seed)
+        tokens, settings, stops, seed = self._validated(
+            prompt, stop, seed, max_new_tokens=max_new_tokens, max_denoising_steps=max_denoising_steps,
+            entropy_bound=entropy_bound, t_min=t_min, t_max=t_max, stability_threshold=stability_threshold,
+            confidence_threshold=confidence_threshold, temperature=temperature, top_k=top_k, top_p=top_p)
         # The Model is claimed now, not at the first next(): a second stream fails here instead of racing
         # this one. Finishing, closing or dropping the iterator releases it.
         claim = self._claim = _Claim(self)
         try:
-            return _Generation(self, claim, tokens, settings, int(seed), drafts, stops)
+            return _Generation(self, claim, tokens, settings, seed, drafts, stops)
         except BaseException:
             claim.release()
             raise
@@ -259,6 +247,36 @@ class Model:
                 raise ValueError(f"{what}[{i}] = {int(t)}: token ids must be in [0, {n_vocab}) for this model")
             ids.append(int(t))
         return ids
+
+    def check_generation(self, prompt: str | Sequence[int], *, stop: str | Sequence[str] | None = None,
+                         seed: int | None = None, **settings: Any) -> list[int]:
+        """The checks stream_generate makes before it starts (same keywords), and that the prompt leaves
+        room for one canvas in n_ctx, without starting anything or waiting for a running generation:
+        ValueError or TypeError naming the problem. Returns the prompt's token ids."""
+        self._context()
+        unknown = set(settings) - set(_SETTINGS)
+        if unknown:
+            raise TypeError(f"unexpected keyword argument {sorted(unknown)[0]!r}")
+        tokens = self._validated(prompt, stop, seed, **settings)[0]
+        if len(tokens) + self.canvas_length > self.n_ctx:
+            raise ValueError(f"the prompt takes {len(tokens)} tokens and n_ctx {self.n_ctx} leaves room for "
+                             f"{self.n_ctx - self.canvas_length} (one canvas of {self.canvas_length} must fit too)")
+        return tokens
+
+    def _validated(self, prompt: Any, stop: Any, seed: Any, **kw: Any) -> tuple[list[int], dict, list[str], int]:
+        settings = _check_settings(**kw)
+        stops = check_stops(stop)
+        tokens = self.tokenize(prompt) if isinstance(prompt, str) else self._check_ids(prompt)
+        if not tokens:
+            raise ValueError("the prompt is empty")
+        try:  # the engine's own checks, before anything touches the stored prefix
+            _core.check_generate(self._ctx, **settings)
+        except _core.EngineError as e:
+            raise _translate(e) from None
+        if seed is None:
+            seed = self._seed if self._seed is not None else secrets.randbits(63)
+        _check_seed(seed)
+        return tokens, settings, stops, int(seed)
 
     def generate(self, prompt: str | Sequence[int], **kwargs: Any) -> GenerationResult:
         """Generate to the end and return text, tokens, finish reason and stats (same settings as
@@ -572,6 +590,10 @@ def _check_seed(seed: Any) -> None:
         raise TypeError(f"seed must be an integer (None: a random one), got {seed!r}")
     if not 0 <= int(seed) < 2**64:
         raise ValueError(f"seed must be in [0, 2**64 - 1] (None: a random one), got {seed}")
+
+
+_SETTINGS = ("max_new_tokens", "max_denoising_steps", "entropy_bound", "t_min", "t_max", "stability_threshold",
+             "confidence_threshold", "temperature", "top_k", "top_p")
 
 
 def _check_settings(**kw: Any) -> dict[str, Any]:
