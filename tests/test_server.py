@@ -220,3 +220,47 @@ def test_load_from_a_second_process_all_answered_none_lost_rss_flat(server):
     growth_mb = (server.rss_kb() - rss0) / 1024
     assert growth_mb < 40, f"RSS grew {growth_mb:.1f} MB over 240 requests"
     assert server.metrics()["dgemma_queue_length"] == 0
+
+
+def _chrome():
+    webdriver = pytest.importorskip("selenium.webdriver")
+    import shutil
+
+    browser, driver = shutil.which("chromium") or shutil.which("chromium-browser"), shutil.which("chromedriver")
+    if not browser or not driver:
+        pytest.skip("needs chromium and chromedriver (Debian: apt-get install chromium chromium-driver)")
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = browser
+    for a in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=900,700"):
+        opts.add_argument(a)
+    return webdriver.Chrome(options=opts, service=webdriver.ChromeService(executable_path=driver))
+
+
+def test_the_web_page_chats_and_shows_the_canvas_in_a_real_browser(server):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    d = _chrome()
+    try:
+        d.get(server.url + "/")
+        wait = WebDriverWait(d, 60)
+        wait.until(lambda d: "tiny-diffusiongemma" in d.find_element(By.ID, "model").text)
+        # count the draft paints while they happen: the canvas is shown step by step, then cleared
+        d.execute_script("""window.drafts = 0; new MutationObserver(ms => ms.forEach(m => {
+            const el = m.target.nodeType === 3 ? m.target.parentElement : m.target;
+            if (el && el.classList.contains('draft') && el.textContent) window.drafts++;
+        })).observe(document.getElementById('log'), {subtree: true, childList: true, characterData: true});""")
+        box = d.find_element(By.ID, "input")
+        for question, answer in (("12+34=", "46"), ("sort: 42 7 19", "7 19 42")):
+            d.find_element(By.ID, "clear").click()   # the tiny model answers single-turn questions
+            box.send_keys(question, Keys.ENTER)
+            wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, ".assistant[data-done='1']"))
+            assert [e.text for e in d.find_elements(By.CSS_SELECTOR, ".user")] == [question]
+            assert d.find_element(By.CSS_SELECTOR, ".assistant").text.strip() == answer
+        assert d.execute_script("return window.drafts") > 0
+        shots = Path(__file__).resolve().parent.parent / "build" / "test-artifacts"
+        shots.mkdir(parents=True, exist_ok=True)
+        assert d.save_screenshot(str(shots / "server-page.png"))   # kept for a person to look at
+    finally:
+        d.quit()
