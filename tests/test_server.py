@@ -264,3 +264,29 @@ def test_the_web_page_chats_and_shows_the_canvas_in_a_real_browser(server):
         assert d.save_screenshot(str(shots / "server-page.png"))   # kept for a person to look at
     finally:
         d.quit()
+
+
+def test_sigterm_with_a_live_stream_stops_the_server_within_seconds():
+    import signal
+    import threading
+
+    s = Server()
+    body = {"prompt": "x", "max_tokens": 4000, "max_denoising_steps": 500, "confidence_threshold": 1e-9,
+            "stream": True}
+
+    def listen():
+        try:
+            with httpx.stream("POST", s.url + "/v1/completions", json=body, timeout=120) as r:
+                for _ in r.iter_lines():
+                    pass
+        except httpx.HTTPError:
+            pass
+
+    t = threading.Thread(target=listen, daemon=True)
+    t.start()
+    time.sleep(1.5)
+    start = time.monotonic()
+    s.proc.send_signal(signal.SIGTERM)
+    rc = s.proc.wait(timeout=60)
+    assert time.monotonic() - start < 15   # the stream is cut after a 3 s grace, its generation stops
+    assert rc in (0, -signal.SIGTERM), s.proc.stderr.read()[-2000:]   # uvicorn re-raises the signal it caught

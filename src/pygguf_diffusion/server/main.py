@@ -63,7 +63,10 @@ def run(argv: list[str] | None) -> int:
     app = create_app(model, api_key=args.api_key, defaults=settings(args))
     print(f"dgemma-server: {model.name} on http://{args.host}:{args.port} (n_ctx {model.n_ctx})", file=sys.stderr,
           flush=True)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="info" if args.verbose else "warning")
+    # streams run for minutes: on SIGTERM or Ctrl-C give them 3 s, then cancel them (their generations stop
+    # at the next step) instead of waiting for them to finish
+    uvicorn.run(app, host=args.host, port=args.port, log_level="info" if args.verbose else "warning",
+                timeout_graceful_shutdown=3)
     return 0
 
 

@@ -39,6 +39,8 @@ class Runner:
         self.model = model
         self.on_result = on_result   # called with (job, GenerationResult) on the runner thread
         self.cancelled = 0           # jobs stopped or skipped because their client went away
+        self._current: Job | None = None
+        self._closing = False
         self._jobs: queue.Queue[Job | None] = queue.Queue()
         self._thread = threading.Thread(target=self._serve, name="dgemma-server-runner", daemon=True)
         self._thread.start()
@@ -51,21 +53,29 @@ class Runner:
         self._jobs.put(job)
 
     def close(self) -> None:
+        """Stop the running generation at its next step, skip the queued ones, end the thread."""
+        self._closing = True
+        if self._current is not None:
+            self._current.cancelled.set()
         self._jobs.put(None)
         self._thread.join(timeout=60)
 
     def _serve(self) -> None:
         while (job := self._jobs.get()) is not None:
+            if self._closing:
+                job.cancelled.set()
             if job.cancelled.is_set():
                 self.cancelled += 1
                 job.emit(END)
                 continue
             job.started = True
+            self._current = job
             try:
                 self._run(job)
             except Exception as e:  # noqa: BLE001 - reported to the request, the server stays up
                 logger.exception("generation failed")
                 job.emit(e)
+            self._current = None
             job.emit(END)
 
     def _run(self, job: Job) -> None:
