@@ -80,6 +80,7 @@ def test_a_cleanup_cut_short_by_a_second_ctrl_c_is_finished_before_the_next_call
     ggml assert, seen in CI), and the next call must wait for that thread instead of refusing."""
     import contextlib
 
+    import pygguf_diffusion._generation as generation_mod
     import pygguf_diffusion.model as model_mod
 
     it = model.stream_generate("the hat", max_new_tokens=200, max_denoising_steps=48)
@@ -97,10 +98,12 @@ def test_a_cleanup_cut_short_by_a_second_ctrl_c_is_finished_before_the_next_call
 
     if cut == "release":
         it._gen.close()  # the stream's own cleanup ran: the engine has returned, the prefix is recorded
-    monkeypatch.setattr(model_mod, "sigint_held", cut_short)
+    for mod in (model_mod, generation_mod):  # the stream's cleanup, the claim's release
+        monkeypatch.setattr(mod, "sigint_held", cut_short)
     with pytest.raises(KeyboardInterrupt):
         it.close()
-    monkeypatch.setattr(model_mod, "sigint_held", real)
+    for mod in (model_mod, generation_mod):
+        monkeypatch.setattr(mod, "sigint_held", real)
     assert model._busy and not left["cuts"]  # the claim stays until someone waits for the engine
     if drop:
         del it  # dropped instead of finished: its own cleanup or the next call ends the claim

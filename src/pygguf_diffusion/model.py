@@ -5,10 +5,8 @@ import logging
 import os
 import queue
 import secrets
-import threading
 import time
 import uuid
-import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -17,6 +15,7 @@ import numpy as np
 from . import _core, _logging
 from ._defaults import DEFAULT_N_CTX, INT32_MAX, MAX_THREADS
 from ._engine_thread import EngineThread
+from ._generation import _LIVE, _Claim, _Generation
 from ._placement import KV_TYPES, check_overrides
 from ._signals import sigint_held
 from ._stops import StopScanner, check_stops
@@ -27,7 +26,6 @@ from .types import CommitEvent, DraftEvent, Event, GenerationResult, GenerationS
 logger = logging.getLogger(__name__)
 
 _POLL_S = 0.05  # how often a waiting consumer wakes up, so Ctrl-C reaches it promptly
-_LIVE: weakref.WeakSet[_Generation] = weakref.WeakSet()  # started or not, until finished or closed
 
 
 class Model:
@@ -469,95 +467,6 @@ class Model:
                 yield chunk({"content": ev.text})
             elif isinstance(ev, GenerationResult):
                 yield chunk({}, ev.finish_reason, usage=_usage(len(tokens), ev))
-
-
-class _Claim:
-    """A stream's hold on its Model: the engine threads it started, their abort flag, whether the Model
-    recorded what the context holds. The Model keeps it (a stream dropped mid-release must not strand it);
-    it refers to the Model weakly, since a cycle would keep a dropped Model's weights and context alive until
-    the next garbage collection."""
-
-    def __init__(self, model: Model) -> None:
-        self.model = weakref.ref(model)
-        self.abort = threading.Event()
-        self.workers: list[EngineThread] = []
-        self.settled = threading.Event()
-        self.released = False
-        self.stream: weakref.ref | None = None  # the generator consuming the engine's events
-
-    @property
-    def stream_ended(self) -> bool:
-        """The consuming generator has finished (returned, raised, closed) or is gone: nothing but the
-        release is left to do. The interpreter sets this, so no Ctrl-C can leave it half-updated."""
-        gen = self.stream() if self.stream is not None else None
-        return gen is None or gen.gi_frame is None
-
-    def stop(self) -> None:
-        """Ask the engine to stop after its current step and wait for it (any thread)."""
-        self.abort.set()
-        for w in self.workers:
-            w.wait()
-
-    def release(self) -> None:
-        """Free the Model once the engine's threads have returned. Ctrl-C meanwhile is delivered after
-        the release; one that lands before it starts leaves the claim held, and the Model's next call
-        finishes it (Model._finish_interrupted_release): a new generation never overlaps this one."""
-        with sigint_held():
-            if self.released:
-                return
-            self.stop()
-            model = self.model()
-            if self.workers and not self.settled.is_set() and model is not None and model._ctx is not None:
-                model._forget_prefix()  # what the context holds is unknown: start afresh
-            self.released = True
-
-
-class _Generation(Iterator[Event]):
-    """The iterator stream_generate returns: it holds the Model's claim from the call until the stream
-    ends, is closed, or is dropped (even if it never started), and lets close() and interpreter exit stop
-    a stream that is running in another frame or thread."""
-
-    def __init__(self, model: Model, claim: _Claim, tokens: list[int], settings: dict[str, Any], seed: int,
-                 drafts: bool, stops: list[str]) -> None:
-        self.model = model
-        self._claim = claim
-        self._gen = model._stream(tokens, settings, seed, drafts, stops, claim)
-        claim.stream = weakref.ref(self._gen)
-        self._consumer: int | None = None  # the thread that iterates it
-        _LIVE.add(self)
-
-    def __next__(self) -> Event:
-        self._consumer = threading.get_ident()
-        try:
-            return next(self._gen)
-        except BaseException:  # StopIteration, an error, Ctrl-C: the generator has run its cleanup
-            self._release()
-            raise
-
-    def close(self) -> None:
-        try:
-            self._gen.close()
-        finally:
-            self._release()
-
-    def close_or_stop(self) -> None:
-        """close() from the consuming thread; from any other, stop() (closing a generator another thread
-        may be resuming races it), and the consumer's iteration then ends with the aborted result."""
-        if self._consumer in (None, threading.get_ident()):
-            self.close()
-        else:
-            self.stop()
-
-    def stop(self) -> None:
-        self._claim.stop()
-
-    def __del__(self) -> None:
-        self.close()
-
-    def _release(self) -> None:
-        self._claim.release()
-        if self._claim.released:
-            _LIVE.discard(self)
 
 
 def _usage(n_prompt: int, r: GenerationResult) -> dict:
