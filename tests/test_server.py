@@ -171,13 +171,18 @@ def test_the_api_key_guards_every_endpoint_but_health():
         s.stop()
 
 
-def test_a_port_in_use_is_an_error_line_before_loading():
+def test_a_port_in_use_and_bad_flags_are_error_lines_before_loading():
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         r = subprocess.run([*SERVER, "--port", str(busy.getsockname()[1])], capture_output=True, text=True,
                            timeout=60)
     assert r.returncode == 1 and "error: cannot listen: 127.0.0.1:" in r.stderr and "Traceback" not in r.stderr
+    for args, said in ((["-ot", "x=GPU7"], "no device 'GPU7' in use"), (["--steps", "0"], "--steps 0: must be >= 1"),
+                       (["-m", "/nonexistent.gguf"], "no such file"), (["--port", "70000"], "must be in [1, 65535]")):
+        r = subprocess.run([*SERVER, "--port", str(_free_port()), *args], capture_output=True, text=True, timeout=60)
+        assert r.returncode == 1 and said in r.stderr and "Traceback" not in r.stderr, r.stderr
+        assert "dgemma-cli" not in r.stderr
 
 
 _LOAD = r'''

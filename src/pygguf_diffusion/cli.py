@@ -151,7 +151,7 @@ def load(args: argparse.Namespace):
         return Model(args.model, **kw)
 
 
-def load_failure(e: BaseException, args: argparse.Namespace) -> int:
+def load_failure(e: BaseException, args: argparse.Namespace, prog: str = "dgemma-cli") -> int:
     """`error: …` for a failed load, with the hint that fits the failure."""
     from . import EngineError
     from .hub import HubError
@@ -167,7 +167,7 @@ def load_failure(e: BaseException, args: argparse.Namespace) -> int:
     if isinstance(e, MemoryError):
         return fail("cannot load model", "out of memory", "lower -c, or use a smaller quant")
     if isinstance(e, EngineError) and str(e).startswith(("tensor override", "type_k", "type_v")):
-        return fail("invalid option", e, "see dgemma-cli --help")
+        return fail("invalid option", e, f"see {prog} --help")
     if isinstance(e, EngineError):
         if args.model and _valid_gguf(args.model):  # then it failed for another reason: memory, -c, -ngl
             return fail("cannot load model", e, "the file is a valid DiffusionGemma GGUF: lower -c (context "
@@ -175,7 +175,7 @@ def load_failure(e: BaseException, args: argparse.Namespace) -> int:
         return fail("cannot load model", e,
                     f"is it a DiffusionGemma GGUF? dgemma-inspect {args.model or 'FILE'} checks it")
     if isinstance(e, ValueError):
-        return fail("invalid option", e, "see dgemma-cli --help")
+        return fail("invalid option", e, f"see {prog} --help")
     return fail("cannot load model", e)
 
 

@@ -59,7 +59,7 @@ def run(argv: list[str] | None) -> int:
     try:
         model = load(args)
     except (OSError, ValueError, RuntimeError, ImportError, MemoryError) as e:
-        return load_failure(e, args)
+        return load_failure(e, args, "dgemma-server")
     app = create_app(model, api_key=args.api_key, defaults=settings(args))
     print(f"dgemma-server: {model.name} on http://{args.host}:{args.port} (n_ctx {model.n_ctx})", file=sys.stderr,
           flush=True)
