@@ -13,17 +13,13 @@ type), `crash` (the worker died) and `timeout`.
 """
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import random
 import struct
 import sys
 from pathlib import Path
 
-from fuzz_workers import CASE_TIMEOUT_S, report, run_cases
-
-MEMORY_CAP = 6 << 30   # address space of a worker: far above what the tiny model needs
+from fuzz_workers import CASE_TIMEOUT_S, cap_memory, main, run_cases, serve
 
 
 def _offset(reader, arr) -> int:
@@ -179,25 +175,17 @@ def run_case(path: str) -> tuple[str, str]:
 
 
 def worker(src_path: str, cases_path: str, start: int, tmpdir: str) -> None:
-    import resource
-
-    resource.setrlimit(resource.RLIMIT_AS, (MEMORY_CAP, MEMORY_CAP))
+    cap_memory()
     import pygguf_diffusion._core  # noqa: F401 - imported before READY: start-up is not a case's time
 
-    print("READY", flush=True)
     src = Path(src_path).read_bytes()
-    specs = json.loads(Path(cases_path).read_text())
     cur = os.path.join(tmpdir, "case.gguf")
-    for i in range(start, len(specs)):
-        print(f"S {i}", flush=True)
-        if specs[i][0] == "abort":
-            os.abort()
-        if specs[i][0] == "hang":
-            while True:
-                pass
-        Path(cur).write_bytes(apply(src, specs[i]))
-        cls, msg = run_case(cur)
-        report(i, cls, msg)
+
+    def run_one(_i: int, spec: list) -> tuple[str, str]:
+        Path(cur).write_bytes(apply(src, spec))
+        return run_case(cur)
+
+    serve(cases_path, start, run_one)
 
 
 def fuzz(src: Path, n: int, seed: int) -> dict:
@@ -210,19 +198,5 @@ def run_specs(src: Path, specs: list[list], case_timeout_s: float = CASE_TIMEOUT
     return run_cases([sys.executable, __file__, "--worker", str(src)], specs, case_timeout_s)
 
 
-def main() -> int:
-    if len(sys.argv) > 1 and sys.argv[1] == "--worker":
-        worker(*sys.argv[2:4], int(sys.argv[4]), sys.argv[5])
-        return 0
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("source", type=Path)
-    ap.add_argument("--cases", type=int, default=5000)
-    ap.add_argument("--seed", type=int, default=0)
-    args = ap.parse_args()
-    res = fuzz(args.source, args.cases, args.seed)
-    print(json.dumps({"cases": res["n"], "counts": res["counts"], "failures": res["failures"][:50]}, indent=1))
-    return 1 if res["failures"] else 0
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(__doc__, "source", 5000, fuzz, worker))

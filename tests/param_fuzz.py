@@ -12,7 +12,6 @@ no longer gives the tokens it gave before the first case: some state was left be
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import io
 import json
@@ -21,9 +20,8 @@ import random
 import sys
 from pathlib import Path
 
-from fuzz_workers import CASE_TIMEOUT_S, report, run_cases
+from fuzz_workers import CASE_TIMEOUT_S, cap_memory, main, run_cases, serve
 
-MEMORY_CAP = 6 << 30
 CANARY_EVERY = 10
 
 _HOSTILE_INTS = [0, 1, -1, 2, 255, 1024, 2**31 - 1, 2**31, -2**31, 2**32 + 5, 2**63, -2**63 - 1, 2**64]
@@ -265,31 +263,28 @@ def run_case(model, model_path: str, spec: dict) -> tuple[str, str]:
 
 def worker(model_path: str, cases_path: str, start: int, _tmpdir: str) -> None:
     import logging
-    import resource
 
-    resource.setrlimit(resource.RLIMIT_AS, (MEMORY_CAP, MEMORY_CAP))
+    cap_memory()
     from pygguf_diffusion import Model
 
     logging.disable(logging.WARNING)   # overflow and placement warnings: expected, and noisy
     model = Model(model_path, n_ctx=512, n_threads=1, seed=5)
     canary = lambda: model.generate("the hat", max_new_tokens=8, max_denoising_steps=2, seed=11).tokens  # noqa: E731
     expected = canary()
-    print("READY", flush=True)
-    specs = json.loads(Path(cases_path).read_text())
-    for i in range(start, len(specs)):
-        print(f"S {i}", flush=True)
-        if specs[i] == "abort":  # the harness's own test
-            import os
-            os.abort()
-        cls, detail = run_case(model, model_path, _dec(specs[i]))
-        if cls != "exception" and (i % CANARY_EVERY == 0 or i == len(specs) - 1):
+    n = len(json.loads(Path(cases_path).read_text()))
+
+    def run_one(i: int, spec: dict) -> tuple[str, str]:
+        cls, detail = run_case(model, model_path, _dec(spec))
+        if cls != "exception" and (i % CANARY_EVERY == 0 or i == n - 1):
             try:
                 got = canary()
             except Exception as e:  # noqa: BLE001
                 got = f"{type(e).__name__}: {e}"
             if got != expected:
                 cls, detail = "poisoned", f"the canary gave {str(got)[:120]} after this case (cases since the last check)"
-        report(i, cls, detail)
+        return cls, detail
+
+    serve(cases_path, start, run_one)
 
 
 def fuzz(model_path: Path, n: int, seed: int, case_timeout_s: float = CASE_TIMEOUT_S) -> dict:
@@ -300,19 +295,5 @@ def run_specs(model_path: Path, specs: list, case_timeout_s: float = CASE_TIMEOU
     return run_cases([sys.executable, __file__, "--worker", str(model_path)], specs, case_timeout_s)
 
 
-def main() -> int:
-    if len(sys.argv) > 1 and sys.argv[1] == "--worker":
-        worker(*sys.argv[2:4], int(sys.argv[4]), sys.argv[5])
-        return 0
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("model", type=Path)
-    ap.add_argument("--cases", type=int, default=3000)
-    ap.add_argument("--seed", type=int, default=0)
-    args = ap.parse_args()
-    res = fuzz(args.model, args.cases, args.seed)
-    print(json.dumps({"cases": res["n"], "counts": res["counts"], "failures": res["failures"][:50]}, indent=1))
-    return 1 if res["failures"] else 0
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(__doc__, "model", 3000, fuzz, worker))

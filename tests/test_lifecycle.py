@@ -169,7 +169,7 @@ def test_threads_the_process_cannot_start_are_refused_not_exit_1(converted):
             print("started 400")
         except EngineError as e:
             print("refused", e)
-        m = Model({str(converted("spec9", "f32"))!r}, n_ctx=256, n_threads=4)
+        m = Model({str(converted("spec9", "f32"))!r}, n_ctx=256, n_threads=4, seed=1)
         print("after", m.generate("the hat", max_new_tokens=4, max_denoising_steps=2).finish_reason)
     """)
     r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)

@@ -126,6 +126,31 @@ def check_options(args: argparse.Namespace) -> str | None:
     return None
 
 
+def check_model_args(args: argparse.Namespace, prog: str, extra: str | None = None) -> int | None:
+    """The checks before a model loads, shared by dgemma-cli and dgemma-server: one model source (the
+    bundled model when none is given), the options (`extra`: the caller's own first invalid option), the
+    file. Returns the exit status of the `error:` it printed, or None to go on."""
+    if args.model and args.hf_repo:
+        return fail("invalid option", "-m and -hf both given: pick one model", f"see {prog} --help")
+    if not args.model and not args.hf_repo:
+        args.model = bundled.bundled_model_path()
+        if args.model is None:
+            return fail("no model", "pass -m model.gguf or -hf repo[:quant] (this install has no bundled model)",
+                        f"{prog} --help lists the options")
+        print(f"no model given: using {bundled.DESCRIPTION}\n  {bundled.HINT}", file=sys.stderr)
+    if args.seed == -1:  # llama.cpp's spelling of "random"
+        args.seed = None
+    bad = check_options(args) or extra
+    if bad:
+        return fail("invalid option", bad, f"see {prog} --help")
+    if args.model and not os.path.isfile(args.model):
+        return fail("cannot load model", f"{args.model}: no such file", "check the path, or use -hf repo[:quant]")
+    if args.n_gpu_layers not in (None, 0) and not gpu_backends():
+        print(f"warning: -ngl {args.n_gpu_layers}: this build has no GPU backend, running on the CPU "
+              "(rebuild with e.g. CMAKE_ARGS=\"-DGGML_CUDA=ON\" pip install ...)", file=sys.stderr)
+    return None
+
+
 def gpu_backends() -> list[str]:
     """GPU devices this build can use (empty on a CPU-only build)."""
     from . import _core
@@ -339,25 +364,9 @@ def run(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, stream=sys.stderr,
                         format="%(name)s: %(message)s")
-    if args.model and args.hf_repo:
-        return fail("invalid option", "-m and -hf both given: pick one model", "see dgemma-cli --help")
-    if not args.model and not args.hf_repo:
-        args.model = bundled.bundled_model_path()
-        if args.model is None:
-            return fail("no model", "pass -m model.gguf or -hf repo[:quant] (this install has no bundled model)",
-                        "dgemma-cli --help lists the options")
-        print(f"no model given: using {bundled.DESCRIPTION}\n  {bundled.HINT}", file=sys.stderr)
-    if args.seed == -1:  # llama.cpp's spelling of "random"
-        args.seed = None
-    bad = check_options(args)
-    if bad:
-        return fail("invalid option", bad, "see dgemma-cli --help")
-    if args.model and not os.path.isfile(args.model):
-        return fail("cannot load model", f"{args.model}: no such file",
-                    "check the path, or use -hf repo[:quant]")
-    if args.n_gpu_layers not in (None, 0) and not gpu_backends():
-        print(f"warning: -ngl {args.n_gpu_layers}: this build has no GPU backend, running on the CPU "
-              "(rebuild with e.g. CMAKE_ARGS=\"-DGGML_CUDA=ON\" pip install ...)", file=sys.stderr)
+    failed = check_model_args(args, "dgemma-cli")
+    if failed is not None:
+        return failed
     try:
         model = load(args)
     except (OSError, ValueError, RuntimeError, ImportError, MemoryError) as e:

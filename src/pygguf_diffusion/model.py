@@ -432,7 +432,7 @@ class Model:
             return {"id": cid, "object": "chat.completion", "created": created, "model": self.name,
                     "choices": [{"index": 0, "message": {"role": "assistant", "content": r.text},
                                  "finish_reason": r.finish_reason}],
-                    "usage": _usage(len(tokens), r)}
+                    "usage": r.usage()}
         return self._chat_chunks(tokens, cid, created, kwargs)
 
     def _chat_tokens(self, messages: Sequence[Mapping[str, Any]], overflow: str) -> list[int]:
@@ -466,11 +466,7 @@ class Model:
             if isinstance(ev, CommitEvent) and ev.text:
                 yield chunk({"content": ev.text})
             elif isinstance(ev, GenerationResult):
-                yield chunk({}, ev.finish_reason, usage=_usage(len(tokens), ev))
-
-
-def _usage(n_prompt: int, r: GenerationResult) -> dict:
-    return {"prompt_tokens": n_prompt, "completion_tokens": len(r.tokens), "total_tokens": n_prompt + len(r.tokens)}
+                yield chunk({}, ev.finish_reason, usage=ev.usage())
 
 
 def _default_threads() -> int:

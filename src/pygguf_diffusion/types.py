@@ -98,5 +98,10 @@ class GenerationResult:
     stats: GenerationStats | None = None
     prompt_tokens: list[int] = field(default_factory=list)
 
+    def usage(self) -> dict[str, int]:
+        """The OpenAI `usage` object of this generation."""
+        return {"prompt_tokens": len(self.prompt_tokens), "completion_tokens": len(self.tokens),
+                "total_tokens": len(self.prompt_tokens) + len(self.tokens)}
+
 
 Event = DraftEvent | CommitEvent | GenerationResult

@@ -43,10 +43,11 @@ def create_app(model: Model, api_key: str | None = None, defaults: dict[str, Any
     """The server's application for a loaded Model (one generation at a time, the rest queued). defaults:
     generation keywords for requests that do not set them (dgemma-server's flags)."""
     metrics = Metrics()
-    runner = Runner(model, on_result=lambda job, r: metrics.generation(len(job.request.tokens), r))
+    runner = Runner(model, on_result=metrics.generation)
     created = int(time.time())
     model_id = Path(model.path).name.removesuffix(".gguf") or model.name
-    page = (Path(__file__).parent / "page.html")
+    page_file = Path(__file__).parent / "page.html"
+    page = page_file.read_text(encoding="utf-8") if page_file.exists() else None
 
     async def health(_: HTTPRequest) -> Response:
         return JSONResponse({"status": "ok"})
@@ -61,9 +62,7 @@ def create_app(model: Model, api_key: str | None = None, defaults: dict[str, Any
                                  media_type="text/plain; version=0.0.4")
 
     async def index(_: HTTPRequest) -> Response:
-        if not page.exists():
-            return error(404, "no web page in this install")
-        return HTMLResponse(page.read_text(encoding="utf-8"))
+        return error(404, "no web page in this install") if page is None else HTMLResponse(page)
 
     async def chat(http: HTTPRequest) -> Response:
         return await _generate(http, "chat")
@@ -100,10 +99,8 @@ def create_app(model: Model, api_key: str | None = None, defaults: dict[str, Any
                     job.cancelled.set()
                     return error(499, "the client closed the connection", code="client_closed")
                 continue
-            if isinstance(ev, BadRequest):
-                return error(400, str(ev), param=ev.param)
-            if isinstance(ev, ValueError):
-                return error(400, str(ev))
+            if isinstance(ev, ValueError):   # BadRequest included
+                return error(400, str(ev), param=getattr(ev, "param", None))
             if isinstance(ev, Exception):
                 return error(500, f"the generation failed: {type(ev).__name__}: {ev}", kind="server_error")
             return ev
@@ -120,7 +117,7 @@ def create_app(model: Model, api_key: str | None = None, defaults: dict[str, Any
                 result = ev
         if result is None:
             return error(500, "the generation ended without a result", kind="server_error")
-        cid, usage = _id(req.kind), _usage(req, result)
+        cid, usage = _id(req.kind), result.usage()
         if req.kind == "chat":
             choice = {"index": 0, "message": {"role": "assistant", "content": result.text},
                       "finish_reason": _finish(result), "logprobs": None}
@@ -160,7 +157,7 @@ def create_app(model: Model, api_key: str | None = None, defaults: dict[str, Any
                     yield chunk(finish=_finish(ev))
                     if req.include_usage:
                         yield _data({"id": cid, "object": obj, "created": now, "model": req.echo_model,
-                                     "choices": [], "usage": _usage(req, ev)})
+                                     "choices": [], "usage": ev.usage()})
                 ev = await _next_event(job, http)
             yield "data: [DONE]\n\n"
         finally:
@@ -226,8 +223,3 @@ def _data(obj: Any) -> str:
 
 def _finish(r: GenerationResult) -> str:
     return "length" if r.finish_reason == "abort" else r.finish_reason
-
-
-def _usage(req: Request, r: GenerationResult) -> dict:
-    return {"prompt_tokens": len(req.tokens), "completion_tokens": len(r.tokens),
-            "total_tokens": len(req.tokens) + len(r.tokens)}

@@ -8,8 +8,7 @@ import os
 import socket
 import sys
 
-from .. import bundled
-from ..cli import add_model_options, check_options, fail, load, load_failure, settings
+from ..cli import add_model_options, check_model_args, fail, load, load_failure, settings
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -36,21 +35,10 @@ def run(argv: list[str] | None) -> int:
         from .app import create_app
     except ImportError as e:
         return fail("dgemma-server needs its web packages", e, "pip install 'pygguf_diffusion[server]'")
-    if args.model and args.hf_repo:
-        return fail("invalid option", "-m and -hf both given: pick one model", "see dgemma-server --help")
-    if not args.model and not args.hf_repo:
-        args.model = bundled.bundled_model_path()
-        if args.model is None:
-            return fail("no model", "pass -m model.gguf or -hf repo[:quant] (this install has no bundled model)",
-                        "dgemma-server --help lists the options")
-        print(f"no model given: using {bundled.DESCRIPTION}", file=sys.stderr)
-    if args.seed == -1:
-        args.seed = None
-    bad = check_options(args) or (None if 0 < args.port < 65536 else f"--port {args.port}: must be in [1, 65535]")
-    if bad:
-        return fail("invalid option", bad, "see dgemma-server --help")
-    if args.model and not os.path.isfile(args.model):
-        return fail("cannot load model", f"{args.model}: no such file", "check the path, or use -hf repo[:quant]")
+    failed = check_model_args(args, "dgemma-server",
+                              None if 0 < args.port < 65536 else f"--port {args.port}: must be in [1, 65535]")
+    if failed is not None:
+        return failed
     try:  # before the model loads: a port in use is found in a second, not after minutes of loading
         with socket.create_server((args.host, args.port)):
             pass

@@ -21,9 +21,9 @@ class Metrics:
         with self._lock:
             self.requests[(endpoint, status)] += 1
 
-    def generation(self, prompt_tokens: int, r: GenerationResult) -> None:
+    def generation(self, r: GenerationResult) -> None:
         with self._lock:
-            self.prompt_tokens += prompt_tokens
+            self.prompt_tokens += len(r.prompt_tokens)
             self.completion_tokens += len(r.tokens)
             self.steps += r.stats.decoder_forwards
             self.step_ms += r.stats.decode_ms

@@ -5,7 +5,7 @@ has started its status line is sent. The diffusion settings are accepted as extr
 reference names; `top_k` and the other OpenAI sampling keywords map as in Model.stream_generate."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from ..model import Model
@@ -34,7 +34,6 @@ class Request:
     include_usage: bool = False
     include_drafts: bool = False
     echo_model: str = ""
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def parse(body: Any, kind: str, model: Model, defaults: dict[str, Any] | None = None, model_id: str = "") -> Request:

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..model import Model
-from ..types import CommitEvent, DraftEvent, GenerationResult
+from ..types import DraftEvent, GenerationResult
 from .requests import Request
 
 logger = logging.getLogger(__name__)
@@ -25,7 +25,6 @@ class Job:
     loop: asyncio.AbstractEventLoop
     events: asyncio.Queue = field(default_factory=asyncio.Queue)
     cancelled: threading.Event = field(default_factory=threading.Event)
-    started: bool = False
 
     def emit(self, item: Any) -> None:
         try:
@@ -37,7 +36,7 @@ class Job:
 class Runner:
     def __init__(self, model: Model, on_result: Any = None) -> None:
         self.model = model
-        self.on_result = on_result   # called with (job, GenerationResult) on the runner thread
+        self.on_result = on_result   # called with each GenerationResult on the runner thread
         self.cancelled = 0           # jobs stopped or skipped because their client went away
         self._current: Job | None = None
         self._closing = False
@@ -68,7 +67,6 @@ class Runner:
                 self.cancelled += 1
                 job.emit(END)
                 continue
-            job.started = True
             self._current = job
             try:
                 self._run(job)
@@ -90,8 +88,7 @@ class Runner:
                 if isinstance(ev, DraftEvent) and not r.include_drafts:
                     continue
                 if isinstance(ev, GenerationResult) and self.on_result is not None:
-                    self.on_result(job, ev)
-                if isinstance(ev, (DraftEvent, CommitEvent, GenerationResult)):
-                    job.emit(ev)
+                    self.on_result(ev)
+                job.emit(ev)
         finally:
             it.close()
