@@ -173,7 +173,7 @@ def create_app(model: Model, api_key: str | None = None, defaults: dict[str, Any
 
     app = Starlette(routes=routes, lifespan=lifespan,
                     middleware=[Middleware(_Guard, api_key=api_key, metrics=metrics)])
-    app.state.runner, app.state.metrics, app.state.model = runner, metrics, model
+    app.state.runner, app.state.metrics, app.state.model, app.state.model_id = runner, metrics, model, model_id
     return app
 
 

@@ -49,7 +49,7 @@ def run(argv: list[str] | None) -> int:
     except (OSError, ValueError, RuntimeError, ImportError, MemoryError) as e:
         return load_failure(e, args, "dgemma-server")
     app = create_app(model, api_key=args.api_key, defaults=settings(args))
-    print(f"dgemma-server: {model.name} on http://{args.host}:{args.port} (n_ctx {model.n_ctx})", file=sys.stderr,
+    print(f"dgemma-server: {app.state.model_id} on http://{args.host}:{args.port} (n_ctx {model.n_ctx})", file=sys.stderr,
           flush=True)
     # streams run for minutes: on SIGTERM or Ctrl-C give them 3 s, then cancel them (their generations stop
     # at the next step) instead of waiting for them to finish
