@@ -18,7 +18,9 @@ class Trace:
 
 
 def record_generate(ckpt: Path, prompt: np.ndarray, *, seed: int, steps: int, eos: list[int],
-                    max_new_tokens: int, **gen) -> Trace:
+                    max_new_tokens: int, decoder_input_ids: np.ndarray | None = None, **gen) -> Trace:
+    """decoder_input_ids: the first canvas's starting tokens (transformers still draws the random canvas
+    it replaces: its default argument is evaluated, so the recorded init is that draw)."""
     import torch
     from transformers import DiffusionGemmaForBlockDiffusion
 
@@ -41,6 +43,8 @@ def record_generate(ckpt: Path, prompt: np.ndarray, *, seed: int, steps: int, eo
         from transformers.models.diffusion_gemma.generation_diffusion_gemma import EntropyBoundSamplerConfig
 
         gen["sampler_config"] = EntropyBoundSamplerConfig(entropy_bound=float(gen.pop("entropy_bound")))
+    if decoder_input_ids is not None:
+        gen["decoder_input_ids"] = torch.as_tensor(decoder_input_ids, dtype=torch.long)[None]
     torch.manual_seed(seed)
     torch.randint, torch.multinomial = randint, multinomial
     try:

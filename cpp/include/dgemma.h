@@ -380,6 +380,18 @@ struct generate_params {
     std::vector<int32_t> eos_ids;         // empty = the GGUF's end-of-generation set
     std::optional<int32_t> pad_id;        // for tokens_per_forward; unset = the GGUF's
 
+    // Canvas editing, over the generated positions (position i is slot i % C of canvas i / C; positions
+    // past the end are ordinary). canvas_init[i] >= 0 starts position i from that token instead of uniform
+    // noise (a warm start: transformers' decoder_input_ids for the first canvas); -1 leaves it noise. The
+    // noise is drawn either way, so the random stream is the cold start's. canvas_frozen[i] != 0 fixes
+    // position i to canvas_init[i] (which must be a token): it is never renoised, counts as accepted, is
+    // left out of the entropy-bound budget and of the stop criterion's mean entropy, its argmax is the
+    // fixed token (so it is what the canvas commits, and what the stability test compares), and a
+    // canvas whose positions are all fixed is committed without a decoder step. Empty: nothing fixed.
+    // Rules in docs/generation-contract.md.
+    std::vector<int32_t> canvas_init;
+    std::vector<uint8_t> canvas_frozen;   // empty or as long as canvas_init
+
     std::function<void(const draft_event &)> on_draft;    // every step
     std::function<void(const commit_event &)> on_commit;  // every canvas
     std::function<bool()> should_abort;                   // checked before every step

@@ -201,10 +201,13 @@ py::dict py_generate(dgemma::context & c, i32_array prompt, int max_new_tokens, 
                      std::optional<int> stability, std::optional<double> confidence, bool adaptive_stop,
                      uint64_t seed, std::optional<std::vector<int32_t>> eos_ids, py::object on_draft,
                      py::object on_commit, py::object should_abort, py::object forced, float temperature,
-                     int top_k, float top_p) {
+                     int top_k, float top_p, std::optional<std::vector<int32_t>> canvas_init,
+                     std::optional<std::vector<uint8_t>> canvas_frozen) {
     if (prompt.ndim() != 1) throw py::value_error("generate: prompt must be a 1-D array of token ids");
     dgemma::generate_params p = make_params(max_new_tokens, steps, t_min, t_max, entropy_bound, stability, confidence,
                                             adaptive_stop, seed, eos_ids, dgemma::draw_params{temperature, top_k, top_p});
+    if (canvas_init) p.canvas_init = std::move(*canvas_init);
+    if (canvas_frozen) p.canvas_frozen = std::move(*canvas_frozen);
     // Python errors raised inside callbacks (KeyboardInterrupt included) abort the loop and are re-raised
     // once the engine has returned.
     std::unique_ptr<py::error_already_set> pending;
@@ -540,9 +543,12 @@ PYBIND11_MODULE(_core, m) {
           py::arg("confidence_threshold") = py::none(), py::arg("adaptive_stop") = true, py::arg("seed") = 0,
           py::arg("eos_ids") = py::none(), py::arg("on_draft") = py::none(), py::arg("on_commit") = py::none(),
           py::arg("should_abort") = py::none(), py::arg("forced") = py::none(), py::arg("temperature") = 1.0f,
-          py::arg("top_k") = 0, py::arg("top_p") = 1.0f,
+          py::arg("top_k") = 0, py::arg("top_p") = 1.0f, py::arg("canvas_init") = py::none(),
+          py::arg("canvas_frozen") = py::none(),
           "Run the reference generate() loop. Callbacks receive dicts; Ctrl-C or an exception in a callback "
-          "stops generation after the current step and is re-raised; the context stays usable.");
+          "stops generation after the current step and is re-raised; the context stays usable. canvas_init "
+          "(token per generated position, -1 = noise) warm-starts canvases; canvas_frozen (0/1 per position) "
+          "fixes positions to their canvas_init token.");
 
     m.def("check_generate", [](const dgemma::context & c, int max_new_tokens, std::optional<int> steps,
                                std::optional<double> t_min, std::optional<double> t_max,

@@ -74,6 +74,18 @@ settings resolve(const context & ctx, const generate_params & p) {
     s.draw = check_draw_params(p.draw, ctx.info().hp.n_vocab, ctx.samples_on_cpu());
     const int32_t V = ctx.info().hp.n_vocab;
     for (int32_t e : s.eos) if (e < 0 || e >= V) bad("eos id " + std::to_string(e) + " outside the vocabulary");
+    if (!p.canvas_frozen.empty() && p.canvas_frozen.size() != p.canvas_init.size()) {
+        bad("canvas_frozen has " + std::to_string(p.canvas_frozen.size()) + " entries for " +
+            std::to_string(p.canvas_init.size()) + " canvas_init tokens; give one per position");
+    }
+    for (size_t i = 0; i < p.canvas_init.size(); i++) {
+        const int32_t t = p.canvas_init[i];
+        const bool fixed = !p.canvas_frozen.empty() && p.canvas_frozen[i];
+        if (t >= V || t < -1 || (fixed && t < 0)) {
+            bad("canvas position " + std::to_string(i) + ": token " + std::to_string(t) +
+                (fixed && t == -1 ? " cannot be frozen (a frozen position needs a token)" : " outside the vocabulary"));
+        }
+    }
     return s;
 }
 
@@ -109,6 +121,11 @@ generate_result generate(context & ctx, const int32_t * prompt, int32_t n_prompt
     std::vector<int32_t> x(C), argmax(C), sample(C), noise(C);
     std::vector<float> entropy(C), u(C);
     std::vector<uint8_t> accept;
+    // canvas editing: this canvas's fixed tokens (-1: free) and the free rows' entropies, compacted
+    std::vector<int32_t> fixed(C), free_rows;
+    std::vector<float> free_entropy;
+    std::vector<uint8_t> free_accept;
+    const int64_t n_spec = (int64_t) p.canvas_init.size();
     int32_t non_pad = 0;
     auto finish = [&]() -> generate_result & {
         st.committed_tokens = (int32_t) res.tokens.size();
@@ -121,10 +138,20 @@ generate_result generate(context & ctx, const int32_t * prompt, int32_t n_prompt
     for (int32_t canvas = 0;; canvas++) {
         const bool forced = canvas < p.forced_canvases;
         for (int32_t i = 0; i < C; i++) x[i] = forced ? p.forced_init[(size_t) canvas * C + i] : r.below(V);
+        free_rows.clear();
+        for (int32_t i = 0; i < C; i++) {
+            const int64_t pos = (int64_t) canvas * C + i;
+            const int32_t init = pos < n_spec ? p.canvas_init[(size_t) pos] : -1;
+            const bool frozen = pos < n_spec && !p.canvas_frozen.empty() && p.canvas_frozen[(size_t) pos];
+            if (init >= 0) x[i] = init;     // after the noise draw: the random stream is the cold start's
+            fixed[i] = frozen ? init : -1;
+            if (!frozen) free_rows.push_back(i);
+        }
+        if (free_rows.size() < (size_t) C) std::copy(x.begin(), x.end(), argmax.begin());
         stop.reset();
         int32_t steps = 0;
         const auto t_canvas = clock_t_::now();
-        for (int32_t k = N; k >= 1; k--) {
+        for (int32_t k = N; k >= 1 && !free_rows.empty(); k--) {
             if (p.should_abort && p.should_abort()) {
                 res.finish_reason = "abort";
                 st.decode_ms += ms_since(t_canvas);
@@ -142,7 +169,19 @@ generate_result generate(context & ctx, const int32_t * prompt, int32_t n_prompt
 
             const size_t off = ((size_t) canvas * N + (size_t) (N - k)) * C;
             if (forced) std::copy(p.forced_sampled + off, p.forced_sampled + off + C, sample.begin());
-            accept_by_entropy(entropy.data(), C, s.bound, accept);
+            if (free_rows.size() == (size_t) C) {
+                accept_by_entropy(entropy.data(), C, s.bound, accept);
+            } else {
+                // fixed rows: always accepted, their token, outside the budget and the mean entropy
+                free_entropy.resize(free_rows.size());
+                for (size_t j = 0; j < free_rows.size(); j++) free_entropy[j] = entropy[free_rows[j]];
+                accept_by_entropy(free_entropy.data(), (int) free_rows.size(), s.bound, free_accept);
+                accept.assign(C, 1);
+                for (size_t j = 0; j < free_rows.size(); j++) accept[free_rows[j]] = free_accept[j];
+                for (int32_t i = 0; i < C; i++) {
+                    if (fixed[i] >= 0) { sample[i] = argmax[i] = fixed[i]; entropy[i] = 0.0f; }
+                }
+            }
             for (int32_t i = 0; i < C; i++) noise[i] = forced ? p.forced_noise[off + i] : r.below(V);
             // accepted positions take the SAMPLED token, the others fresh noise (no freezing)
             int32_t n_acc = 0;
@@ -151,8 +190,8 @@ generate_result generate(context & ctx, const int32_t * prompt, int32_t n_prompt
                 n_acc += accept[i];
             }
             float mean_h = 0.0f;
-            for (float e : entropy) mean_h += e;
-            mean_h /= (float) C;
+            for (int32_t i : free_rows) mean_h += entropy[i];
+            mean_h /= (float) free_rows.size();
             if (p.on_draft) {
                 draft_event ev;
                 ev.canvas_index = canvas;
@@ -194,8 +233,8 @@ generate_result generate(context & ctx, const int32_t * prompt, int32_t n_prompt
             done = true;
         }
         // tokens per forward counts the returned tokens (pads excluded, as the reference does), so a
-        // max_new_tokens cut counts only what the caller gets
-        for (int32_t t : committed) non_pad += t != s.pad;
+        // max_new_tokens cut counts only what the caller gets; fixed positions were not generated
+        for (size_t i = 0; i < committed.size(); i++) non_pad += committed[i] != s.pad && fixed[i] < 0;
         res.tokens.insert(res.tokens.end(), committed.begin(), committed.end());
         if (canvas == 0) st.ttft_ms = ms_since(t_start);
         if (p.on_commit) {

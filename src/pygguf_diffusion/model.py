@@ -7,6 +7,7 @@ import queue
 import secrets
 import time
 import uuid
+from dataclasses import replace
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -19,6 +20,7 @@ from ._generation import _LIVE, _Claim, _Generation
 from ._placement import KV_TYPES, check_overrides
 from ._signals import sigint_held
 from ._stops import StopScanner, check_stops
+from .canvas import DEFAULT_HOLE_TOKENS, CanvasSpec, escape, explicit_spec, hole_texts, template_spec, warm_spec
 from .chat import fit_prompt, render_chat
 from .tokenizer import GemmaTokenizer
 from .types import CommitEvent, DraftEvent, Event, GenerationResult, GenerationStats
@@ -191,7 +193,9 @@ class Model:
                         stability_threshold: int | None = None, confidence_threshold: float | None = None,
                         seed: int | None = None, temperature: float | None = None, top_k: int | None = None,
                         top_p: float | None = None, stop: str | Sequence[str] | None = None,
-                        drafts: bool = True) -> Iterator[Event]:
+                        drafts: bool = True, template: str | None = None,
+                        canvas: str | Sequence[int] | None = None, frozen: Sequence[bool] | None = None,
+                        hole_tokens: int = DEFAULT_HOLE_TOKENS) -> Iterator[Event]:
         """Yield a DraftEvent per denoising step (if `drafts`), a CommitEvent per canvas, then the
         GenerationResult. Stopping the iteration (or Ctrl-C) stops generation after the current step and
         leaves the model usable. Unset settings come from the GGUF (the checkpoint's generation_config).
@@ -200,7 +204,13 @@ class Model:
         (the schedule t_max..t_min still drives acceptance and self-conditioning): `temperature` scales the
         step's temperature for that draw (1 = the model's schedule, the default; 0 = greedy: the argmax is
         accepted instead of a sample), `top_k` and `top_p` restrict it. `stop`: generation ends at the
-        first occurrence of any of these strings, which is not returned (finish_reason "stop")."""
+        first occurrence of any of these strings, which is not returned (finish_reason "stop").
+
+        Canvas editing (docs/canvas-editing.md): `template="The capital of {} is {}."` fixes the answer's
+        text and lets the model fill the holes (`{}`: `hole_tokens` tokens, `{:N}`: N; the answer ends with
+        the template; GenerationResult.holes has each hole's text); `canvas=` text or token ids starts the
+        canvases from them instead of noise (a warm start; -1 ids stay noise), and `frozen=` (a flag per
+        canvas position, with canvas ids) fixes positions to their canvas token."""
         self._context()
         self._finish_interrupted_release()
         if self._busy:
@@ -209,7 +219,8 @@ class Model:
         tokens, settings, stops, seed = self._validated(
             prompt, stop, seed, max_new_tokens=max_new_tokens, max_denoising_steps=max_denoising_steps,
             entropy_bound=entropy_bound, t_min=t_min, t_max=t_max, stability_threshold=stability_threshold,
-            confidence_threshold=confidence_threshold, temperature=temperature, top_k=top_k, top_p=top_p)
+            confidence_threshold=confidence_threshold, temperature=temperature, top_k=top_k, top_p=top_p,
+            template=template, canvas=canvas, frozen=frozen, hole_tokens=hole_tokens)
         # The Model is claimed now, not at the first next(): a second stream fails here instead of racing
         # this one. Finishing, closing or dropping the iterator releases it.
         claim = self._claim = _Claim(self)
@@ -252,7 +263,7 @@ class Model:
         room for one canvas in n_ctx, without starting anything or waiting for a running generation:
         ValueError or TypeError naming the problem. Returns the prompt's token ids."""
         self._context()
-        unknown = set(settings) - set(_SETTINGS)
+        unknown = set(settings) - set(_SETTINGS) - set(_CANVAS_KEYWORDS)
         if unknown:
             raise TypeError(f"unexpected keyword argument {sorted(unknown)[0]!r}")
         tokens = self._validated(prompt, stop, seed, **settings)[0]
@@ -262,6 +273,7 @@ class Model:
         return tokens
 
     def _validated(self, prompt: Any, stop: Any, seed: Any, **kw: Any) -> tuple[list[int], dict, list[str], int]:
+        spec = self._canvas_spec(**{k: kw.pop(k, None) for k in _CANVAS_KEYWORDS})
         settings = _check_settings(**kw)
         stops = check_stops(stop)
         tokens = self.tokenize(prompt) if isinstance(prompt, str) else self._check_ids(prompt)
@@ -274,7 +286,52 @@ class Model:
         if seed is None:
             seed = self._seed if self._seed is not None else secrets.randbits(63)
         _check_seed(seed)
+        if spec is not None:
+            settings["canvas"] = spec
         return tokens, settings, stops, int(seed)
+
+    def _canvas_spec(self, template: Any, canvas: Any, frozen: Any, hole_tokens: Any) -> CanvasSpec | None:
+        hole_tokens = _check_hole_tokens(DEFAULT_HOLE_TOKENS if hole_tokens is None else hole_tokens)
+        tok = self.tokenizer
+        if template is not None:
+            if canvas is not None or frozen is not None:
+                raise ValueError("pass either template= or canvas= (and frozen=), not both")
+            end = tok.tokenizer.token_to_id("<turn|>")
+            end = end if end is not None else tok.eos_id
+            return template_spec(template, tok.encode, hole_tokens=hole_tokens, end_id=end,
+                                 pad_id=tok.pad_id if tok.pad_id >= 0 else end, canvas_length=self.canvas_length)
+        if canvas is None:
+            if frozen is not None:
+                raise ValueError("frozen= needs canvas= (the token ids it fixes)")
+            return None
+        if isinstance(canvas, str):
+            if frozen is not None:
+                raise ValueError("frozen= needs canvas= as token ids (one flag per position), not text")
+            return warm_spec(tok.encode(canvas))
+        return explicit_spec(canvas, frozen, int(self.info["hparams"]["n_vocab"]))
+
+    def infill(self, prefix: str, suffix: str, *, prompt: str | Sequence[int],
+               hole_tokens: int = DEFAULT_HOLE_TOKENS, **kwargs: Any) -> GenerationResult:
+        """Fill the hole between `prefix` and `suffix` of the answer to `prompt` (same settings as
+        stream_generate): the answer is fixed to prefix + hole_tokens free positions + suffix, and the
+        result's text and tokens are the hole's (spaces the prefix ends with may move into the hole:
+        docs/canvas-editing.md)."""
+        for name, v in (("prefix", prefix), ("suffix", suffix)):
+            if not isinstance(v, str):
+                raise TypeError(f"infill: {name} must be a str, got {type(v).__name__}")
+        n = _check_hole_tokens(hole_tokens)
+        template = f"{escape(prefix)}{{:{n}}}{escape(suffix)}"
+        r = self.generate(prompt, template=template, **kwargs)
+        a, b = self._canvas_spec(template, None, None, n).holes[0]
+        return replace(r, text=r.holes[0], tokens=r.tokens[a:b])
+
+    def edit(self, text: str, instruction: str | Sequence[int], **kwargs: Any) -> GenerationResult:
+        """Revise `text`: generate the answer to `instruction` (a prompt, as generate takes) with the
+        canvases starting from `text` instead of noise (a warm start; nothing is fixed, so the model keeps
+        what it agrees with and rewrites the rest)."""
+        if not isinstance(text, str):
+            raise TypeError(f"edit: text must be a str, got {type(text).__name__}")
+        return self.generate(instruction, canvas=text, **kwargs)
 
     def generate(self, prompt: str | Sequence[int], **kwargs: Any) -> GenerationResult:
         """Generate to the end and return text, tokens, finish reason and stats (same settings as
@@ -324,11 +381,16 @@ class Model:
             commits.append(d)
             q.put(("commit", d))
 
+        spec: CanvasSpec | None = settings.get("canvas")
+        engine_settings = {k: v for k, v in settings.items() if k != "canvas"}
+        if spec is not None:
+            engine_settings.update(spec.engine_args())
+
         def work() -> None:
             try:
                 r = _core.generate(self._ctx, np.asarray(todo, dtype=np.int32), seed=seed,
                                    on_draft=on_draft if drafts else None, on_commit=on_commit,
-                                   should_abort=abort.is_set, **settings)
+                                   should_abort=abort.is_set, **engine_settings)
                 q.put(("done", r))
             except BaseException as e:  # noqa: BLE001 - handed to the consumer thread
                 q.put(("error", e))
@@ -371,10 +433,11 @@ class Model:
                 else:
                     r = payload
                     stopped = scanner.stopped
+                    out = answer if stopped else list(r["tokens"])
                     yield GenerationResult(text=stop_text if stopped else self.tokenizer.decode(answer),
-                                           tokens=answer if stopped else list(r["tokens"]),
-                                           finish_reason="stop" if stopped else r["finish_reason"],
-                                           stats=GenerationStats.from_dict(r["stats"]), prompt_tokens=tokens)
+                                           tokens=out, finish_reason="stop" if stopped else r["finish_reason"],
+                                           stats=GenerationStats.from_dict(r["stats"]), prompt_tokens=tokens,
+                                           holes=hole_texts(out, spec, self.tokenizer.decode) if spec else [])
                     return
         finally:
             # a Ctrl-C before this block is held leaves the claim unsettled: its release waits for the
@@ -497,8 +560,15 @@ def _check_seed(seed: Any) -> None:
         raise ValueError(f"seed must be in [0, 2**64 - 1] (None: a random one), got {seed}")
 
 
+_CANVAS_KEYWORDS = ("template", "canvas", "frozen", "hole_tokens")
 _SETTINGS = ("max_new_tokens", "max_denoising_steps", "entropy_bound", "t_min", "t_max", "stability_threshold",
              "confidence_threshold", "temperature", "top_k", "top_p")
+
+
+def _check_hole_tokens(n: Any) -> int:
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or not 1 <= n <= INT32_MAX:
+        raise ValueError(f"hole_tokens must be an integer >= 1, got {n!r}")
+    return int(n)
 
 
 def _check_settings(**kw: Any) -> dict[str, Any]:

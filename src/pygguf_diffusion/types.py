@@ -97,6 +97,7 @@ class GenerationResult:
     finish_reason: str  # "stop" (EOS), "length" (max_new_tokens or n_ctx), "abort"
     stats: GenerationStats | None = None
     prompt_tokens: list[int] = field(default_factory=list)
+    holes: list[str] = field(default_factory=list)   # with a template: the text written into each hole
 
     def usage(self) -> dict[str, int]:
         """The OpenAI `usage` object of this generation."""
