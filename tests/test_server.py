@@ -99,6 +99,32 @@ def test_chat_and_completions_through_the_openai_client(server):
     assert "".join(p.choices[0].text for p in parts) == comp.choices[0].text  # the server's seed: same text
 
 
+def test_canvas_editing_fields_template_suffix_and_warm_start(server):
+    c = server.client()
+    sudoku = [{"role": "user", "content": "sudoku: 3.12 .2.. .321 .1.4"}]
+    r = c.chat.completions.create(model="x", messages=sudoku, seed=0,
+                                  extra_body={"template": "3{:1}12 {:1}2{:1}{:1} {:1}321 {:1}1{:1}4"})
+    assert r.choices[0].message.content == "3412 1243 4321 2134"
+    assert r.choices[0].model_extra["holes"] == ["4", "1", "4", "3", "4", "2", "3"]
+    # OpenAI's insert mode: the completion is what fills the hole before the suffix
+    prompt = "<|turn>user\n4821+377=<turn|>\n<|turn>model\n"
+    r = c.completions.create(model="x", prompt=prompt, suffix="8", seed=0, extra_body={"hole_tokens": 4})
+    assert r.choices[0].text == " 519"
+    chunks = list(c.completions.create(model="x", prompt=prompt, suffix="8", seed=0, stream=True,
+                                       extra_body={"hole_tokens": 4}))
+    assert "".join(ch.choices[0].text for ch in chunks if ch.choices) == " 519"
+    r = c.chat.completions.create(model="x", messages=[{"role": "user", "content": "4821+377="}], seed=0,
+                                  extra_body={"canvas": " 5199"})
+    assert r.choices[0].message.content.strip() == "5198"
+    for body, param in [({"template": "no hole"}, None), ({"template": "{}", "canvas": "x"}, None),
+                        ({"frozen": [True]}, None)]:
+        with pytest.raises(openai.BadRequestError) as e:
+            c.chat.completions.create(model="x", messages=sudoku, extra_body=body)
+        assert e.value.status_code == 400
+    with pytest.raises(openai.BadRequestError, match="hole_tokens"):
+        c.completions.create(model="x", prompt=prompt, suffix="8", extra_body={"hole_tokens": 0})
+
+
 def test_drafts_are_an_opt_in_event_standard_clients_never_see(server):
     body = {"messages": [{"role": "user", "content": "sort: 9 8 7 6 5"}], "stream": True,
             "stream_options": {"include_drafts": True}, "max_denoising_steps": 12}

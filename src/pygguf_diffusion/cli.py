@@ -18,6 +18,7 @@ from ._defaults import DEFAULT_N_CTX, INT32_MAX, MAX_THREADS
 from ._live import AnswerView, LoadProgress, answer_terminal
 from ._placement import KV_TYPES, parse_overrides
 from ._prompt import LineReader, read_message
+from .canvas import DEFAULT_HOLE_TOKENS, escape, parse_template
 
 HELP = """commands:
   /exit       end the session (or Ctrl-D)
@@ -32,6 +33,16 @@ log = logging.getLogger("dgemma-cli")
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="dgemma-cli", description=__doc__.splitlines()[0])
     add_model_options(ap, chat=True)
+    ed = ap.add_argument_group("canvas editing", "Shape every answer's canvases (docs/canvas-editing.md).")
+    one = ed.add_mutually_exclusive_group()
+    one.add_argument("--template", metavar="TEXT", help="the answer is TEXT with its holes filled: {} is a hole "
+                     "of --hole-tokens tokens, {:N} one of N, {{ and }} are braces; the rest stays as written")
+    one.add_argument("--infill", nargs=2, metavar=("PREFIX", "SUFFIX"), help="print only what the model writes "
+                     "between PREFIX and SUFFIX (a hole of --hole-tokens tokens)")
+    one.add_argument("--edit", metavar="TEXT", help="start the answer's canvases from TEXT instead of noise "
+                     "(a warm start: the model revises it)")
+    ed.add_argument("--hole-tokens", type=int, default=DEFAULT_HOLE_TOKENS, metavar="N",
+                    help=f"positions of a {{}} hole and of the --infill hole (default: {DEFAULT_HOLE_TOKENS})")
     out = ap.add_argument_group("output")
     out.add_argument("--show-drafts", action="store_true", help="paint the canvas being denoised after the "
                      "committed text (terminals only)")
@@ -123,6 +134,13 @@ def check_options(args: argparse.Namespace) -> str | None:
         parse_overrides(args.override_tensor)
     except ValueError as e:
         return f"--override-tensor: {e}"
+    if getattr(args, "hole_tokens", 1) < 1:
+        return f"--hole-tokens {args.hole_tokens}: must be >= 1"
+    if getattr(args, "template", None) is not None:
+        try:
+            parse_template(args.template, args.hole_tokens)
+        except ValueError as e:
+            return f"--template {args.template!r}: {str(e).removeprefix('template: ')}"
     return None
 
 
@@ -222,6 +240,13 @@ def settings(args: argparse.Namespace) -> dict[str, Any]:
     s = {k: v for k, v in s.items() if v is not None}
     if args.n_predict != -1:
         s["max_new_tokens"] = args.n_predict
+    if getattr(args, "template", None) is not None:
+        s.update(template=args.template, hole_tokens=args.hole_tokens)
+    elif getattr(args, "infill", None):
+        prefix, suffix = args.infill
+        s["template"] = f"{escape(prefix)}{{:{args.hole_tokens}}}{escape(suffix)}"
+    elif getattr(args, "edit", None) is not None:
+        s["canvas"] = args.edit
     return s
 
 
@@ -248,7 +273,8 @@ def answer(model, tokens: list[int], args: argparse.Namespace, gen: dict[str, An
     """Stream one answer; returns its text, or None when interrupted."""
     from . import CommitEvent, DraftEvent, GenerationResult
 
-    view = AnswerView(sys.stdout, args.show_drafts)
+    infill = bool(getattr(args, "infill", None))   # only the hole is printed, once it is final
+    view = AnswerView(sys.stdout, args.show_drafts and not infill)
     pieces: list[str] = []
     try:
         with answer_terminal(sys.stdin, sys.stdout, hide_echo=view.drafts):
@@ -257,8 +283,11 @@ def answer(model, tokens: list[int], args: argparse.Namespace, gen: dict[str, An
                     view.draft(ev.text)
                 elif isinstance(ev, CommitEvent):
                     pieces.append(ev.text)
-                    view.commit(ev.text)
+                    if not infill:
+                        view.commit(ev.text)
                 elif isinstance(ev, GenerationResult):
+                    if infill:
+                        view.commit(ev.holes[0] if ev.holes else "")
                     view.end()
                     print(f"[{ev.finish_reason}] {ev.stats.line()}", file=sys.stderr)
                     if args.verbose:  # after the answer: a line in the middle would break the live view

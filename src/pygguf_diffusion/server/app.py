@@ -120,10 +120,11 @@ def create_app(model: Model, api_key: str | None = None, defaults: dict[str, Any
         cid, usage = _id(req.kind), result.usage()
         if req.kind == "chat":
             choice = {"index": 0, "message": {"role": "assistant", "content": result.text},
-                      "finish_reason": _finish(result), "logprobs": None}
+                      "finish_reason": _finish(result), "logprobs": None, **_holes(result)}
             return JSONResponse({"id": cid, "object": "chat.completion", "created": int(time.time()),
                                  "model": req.echo_model, "choices": [choice], "usage": usage})
-        choice = {"index": 0, "text": result.text, "finish_reason": _finish(result), "logprobs": None}
+        choice = {"index": 0, "text": _text(result, req), "finish_reason": _finish(result), "logprobs": None,
+                  **_holes(result)}
         return JSONResponse({"id": cid, "object": "text_completion", "created": int(time.time()),
                              "model": req.echo_model, "choices": [choice], "usage": usage})
 
@@ -131,13 +132,15 @@ def create_app(model: Model, api_key: str | None = None, defaults: dict[str, Any
         cid, now, chat_kind = _id(req.kind), int(time.time()), req.kind == "chat"
         obj = "chat.completion.chunk" if chat_kind else "text_completion"
 
-        def chunk(content: str | None = None, finish: str | None = None, role: bool = False) -> str:
+        def chunk(content: str | None = None, finish: str | None = None, role: bool = False,
+                  extra: dict | None = None) -> str:
             if chat_kind:
                 delta = ({"role": "assistant", "content": ""} if role else
                          {"content": content} if content is not None else {})
                 choice = {"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}
             else:
                 choice = {"index": 0, "text": content or "", "finish_reason": finish, "logprobs": None}
+            choice.update(extra or {})
             return _data({"id": cid, "object": obj, "created": now, "model": req.echo_model, "choices": [choice]})
 
         try:
@@ -151,10 +154,12 @@ def create_app(model: Model, api_key: str | None = None, defaults: dict[str, Any
                 if isinstance(ev, DraftEvent):
                     yield "event: draft\n" + _data({"canvas_index": ev.canvas_index, "step": ev.step,
                                                     "steps_remaining": ev.steps_remaining, "text": ev.text})
-                elif isinstance(ev, CommitEvent) and ev.text:
+                elif isinstance(ev, CommitEvent) and ev.text and not req.infill:
                     yield chunk(ev.text)
                 elif isinstance(ev, GenerationResult):
-                    yield chunk(finish=_finish(ev))
+                    if req.infill:   # the hole is known only once the answer is
+                        yield chunk(_text(ev, req))
+                    yield chunk(finish=_finish(ev), extra=_holes(ev))
                     if req.include_usage:
                         yield _data({"id": cid, "object": obj, "created": now, "model": req.echo_model,
                                      "choices": [], "usage": ev.usage()})
@@ -219,6 +224,15 @@ def _id(kind: str) -> str:
 
 def _data(obj: Any) -> str:
     return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
+
+
+def _text(r: GenerationResult, req: Request) -> str:
+    return (r.holes[0] if r.holes else "") if req.infill else r.text
+
+
+def _holes(r: GenerationResult) -> dict[str, list[str]]:
+    """With a template: the text written into each hole, as an extra field of the choice."""
+    return {"holes": r.holes} if r.holes else {}
 
 
 def _finish(r: GenerationResult) -> str:
