@@ -42,6 +42,11 @@ export PYTHONUNBUFFERED=1
 # A module built ahead with CUDA for this machine's Python (gpu_prepare.sh --prebuilt: nvcc 13 here, sm_90,
 # CUDA graphs on) saves the ~250 s build; it is used when it imports and sees the GPU, else we build here.
 built=0
+# cuBLAS / the CUDA runtime for the prebuilt module: the toolkit's, else the ones PyTorch's wheels bring
+for d in /usr/local/cuda/lib64 $(python3 -c "import nvidia, os; print(' '.join(os.path.join(p, 'cu13', 'lib')
+    for p in nvidia.__path__))" 2>/dev/null); do
+  [ -d "$d" ] && export LD_LIBRARY_PATH="${LD_LIBRARY_PATH:+$LD_LIBRARY_PATH:}$d"
+done
 if ls .gpu/prebuilt/_core*.so >/dev/null 2>&1; then
   cp .gpu/prebuilt/_core*.so src/pygguf_diffusion/
   if python3 -c "from pygguf_diffusion import _core; assert _core.gpu_backends(), 'no GPU backend'" >>"$R" 2>&1; then

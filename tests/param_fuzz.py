@@ -97,6 +97,12 @@ _GEN = {  # parameter: (kind, plausible value)
     "temperature": ("float", lambda r: r.uniform(0, 2)),
     "top_k": ("int", lambda r: r.randint(0, 50)),
     "top_p": ("float", lambda r: r.uniform(0, 1)),
+    # canvas editing: templates, warm starts, frozen flags (docs/canvas-editing.md)
+    "template": ("template", lambda r: r.choice(["a {} b", "{:3}", "x{:1}y {{z}}", "{}" * 5, "é{:2}\x00",
+                                                 "the " * 40 + "{}"])),
+    "canvas": ("canvas", lambda r: r.choice(["the hat", "", [5, -1, 7], [-1] * 30, list(range(3, 60))])),
+    "frozen": ("frozen", lambda r: r.choice([[True, False, True], [False] * 30, [1, 0, 1], [True] * 57])),
+    "hole_tokens": ("int", lambda r: r.randint(1, 12)),
 }
 _MODEL = {
     "n_ctx": ("int", lambda r: r.randint(64, 2048)),
@@ -120,7 +126,8 @@ _CLI = {
     "--entropy-bound": _CLI_FLOAT, "--t-min": _CLI_FLOAT, "--t-max": _CLI_FLOAT, "--confidence-threshold": _CLI_FLOAT,
     "-ctk": ["f16", "q4_0", "bogus", ""], "-ctv": ["q8_0", "F16", "x"],
     "-ot": ["blk\\.0=CPU", "[=CPU", "=", "x=GPU7", "a=CPU,b", ""], "-p": ["the hat", "", "\x01", "é" * 100],
-    "-sys": ["", "be brief", "x" * 3000], "-m": ["MODEL", "/nonexistent.gguf", "/tmp", "/dev/null", ""],
+    "-sys": ["", "be brief", "x" * 3000], "--template": ["a {} b", "{", "}", "{:0}", "", "{:99999}", "{{}}"],
+    "--edit": ["", "the hat", "\x01" * 300], "--hole-tokens": _CLI_INT, "-m": ["MODEL", "/nonexistent.gguf", "/tmp", "/dev/null", ""],
 }
 
 

@@ -45,9 +45,10 @@ class CanvasSpec:
         return {"canvas_init": self.init, "canvas_frozen": [int(f) for f in self.frozen]}
 
 
-def parse_template(template: str, hole_tokens: int) -> list[str | int]:
+def parse_template(template: str, hole_tokens: int, max_width: int | None = None) -> list[str | int]:
     """The template as text pieces (str) and holes (their width in tokens, int). `{}` is a hole of
-    `hole_tokens`, `{:N}` a hole of N; `{{` and `}}` are literal braces. ValueError for anything else."""
+    `hole_tokens`, `{:N}` a hole of N; `{{` and `}}` are literal braces. ValueError for anything else, and
+    for a hole wider than max_width (the context: no answer could reach its end)."""
     if not isinstance(template, str):
         raise TypeError(f"template must be a str, got {type(template).__name__}")
     parts: list[str | int] = []
@@ -66,6 +67,9 @@ def parse_template(template: str, hole_tokens: int) -> list[str | int]:
         width = hole_tokens if not m.group(2) else int(m.group(2))
         if width < 1:
             raise ValueError(f"template: the hole at character {m.start()} has {width} tokens; give it at least 1")
+        if max_width is not None and width > max_width:
+            raise ValueError(f"template: the hole at character {m.start()} has {width} tokens, more than the "
+                             f"context holds (n_ctx {max_width}); make it smaller")
         parts.append("".join(text))
         text = []
         parts.append(width)
@@ -76,9 +80,9 @@ def parse_template(template: str, hole_tokens: int) -> list[str | int]:
 
 
 def template_spec(template: str, encode: Callable[[str], list[int]], *, hole_tokens: int, end_id: int,
-                  pad_id: int, canvas_length: int) -> CanvasSpec:
+                  pad_id: int, canvas_length: int, max_width: int | None = None) -> CanvasSpec:
     """Fixed text, free holes, then a fixed end-of-turn token and padding to the end of its canvas."""
-    parts = parse_template(template, hole_tokens)
+    parts = parse_template(template, hole_tokens, max_width)
     space_joins_word = len(encode(" the")) == 1
     init: list[int] = []
     frozen: list[bool] = []

@@ -299,7 +299,8 @@ class Model:
             end = tok.tokenizer.token_to_id("<turn|>")
             end = end if end is not None else tok.eos_id
             return template_spec(template, tok.encode, hole_tokens=hole_tokens, end_id=end,
-                                 pad_id=tok.pad_id if tok.pad_id >= 0 else end, canvas_length=self.canvas_length)
+                                 pad_id=tok.pad_id if tok.pad_id >= 0 else end, canvas_length=self.canvas_length,
+                                 max_width=self.n_ctx)
         if canvas is None:
             if frozen is not None:
                 raise ValueError("frozen= needs canvas= (the token ids it fixes)")
