@@ -8,14 +8,14 @@
 #   4. times whole canvases: the released shape (make_real_shape.py, Q4_K_M, with dgemma-bench: GFLOP/s,
 #      per-op profile, memory), the real widths with two
 #      layers next to transformers on the same GPU, and the mid-size proxy next to transformers.
-# Every phase has a deadline inside BUDGET_S (default 560 s) and writes to $OUT as it goes, so a slow phase
+# Every phase has a deadline inside BUDGET_S (default 480 s) and writes to $OUT as it goes, so a slow phase
 # costs only itself. Usage (from the repository root): OUT=dir bash benchmarks/gpu_check.sh
 set -uo pipefail
 OUT=${OUT:-$PWD/gpu-check-out}
 mkdir -p "$OUT"
 R=$OUT/report.txt
 T0=$(date +%s)
-BUDGET_S=${BUDGET_S:-560}
+BUDGET_S=${BUDGET_S:-480}
 left() { echo $(( BUDGET_S - ($(date +%s) - T0) )); }
 say() { echo "[$(( $(date +%s) - T0 ))s] $*" | tee -a "$R"; }
 phase() {  # phase NAME MAX_S MIN_LEFT_AFTER CMD...: runs CMD with a deadline that keeps MIN_LEFT_AFTER seconds
@@ -33,7 +33,7 @@ phase() {  # phase NAME MAX_S MIN_LEFT_AFTER CMD...: runs CMD with a deadline th
 say "gpu_check $(date -u +%FT%TZ) commit $(git rev-parse --short HEAD 2>/dev/null || echo '?')"
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv,noheader 2>&1 | tee -a "$R"
 say "cpu: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2)"
-[ -d .gpu/ggml ] || { say "error: .gpu/ggml is missing: run benchmarks/gpu_prepare.sh here first and carry .gpu"; exit 1; }
+[ -f .gpu/ggml.tar.xz ] || { say "error: .gpu/ggml.tar.xz is missing: run benchmarks/gpu_prepare.sh here first and carry .gpu"; exit 1; }
 
 python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/dgemma-site .gpu/whl/*.whl >>"$R" 2>&1
 export PYTHONPATH=$PWD/src:/tmp/dgemma-site
@@ -47,8 +47,10 @@ for d in /usr/local/cuda/lib64 $(python3 -c "import nvidia, os; print(' '.join(o
     for p in nvidia.__path__))" 2>/dev/null); do
   [ -d "$d" ] && export LD_LIBRARY_PATH="${LD_LIBRARY_PATH:+$LD_LIBRARY_PATH:}$d"
 done
-if ls .gpu/prebuilt/_core*.so >/dev/null 2>&1; then
-  cp .gpu/prebuilt/_core*.so src/pygguf_diffusion/
+if ls .gpu/prebuilt/_core*.so.xz >/dev/null 2>&1; then
+  python3 -c "import lzma, pathlib, sys
+for f in pathlib.Path('.gpu/prebuilt').glob('_core*.so.xz'):
+    pathlib.Path('src/pygguf_diffusion', f.stem).write_bytes(lzma.decompress(f.read_bytes()))"
   if python3 -c "from pygguf_diffusion import _core; assert _core.gpu_backends(), 'no GPU backend'" >>"$R" 2>&1; then
     built=1; say "using the prebuilt module ($(cat .gpu/prebuilt/BUILT 2>/dev/null))"
   else
@@ -56,6 +58,7 @@ if ls .gpu/prebuilt/_core*.so >/dev/null 2>&1; then
   fi
 fi
 if [ $built = 0 ]; then
+  python3 -c "import tarfile; tarfile.open('.gpu/ggml.tar.xz').extractall('.gpu')"
   phase configure 120 400 cmake -S . -B build/gpu -G Ninja -DGGML_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90 \
     -DGGML_CUDA_GRAPHS=ON -DDGEMMA_BUILD_PYTHON=ON -DCMAKE_BUILD_TYPE=Release \
     -DDGEMMA_GGML_SOURCE_DIR="$PWD/.gpu/ggml" -Dpybind11_DIR="$(python3 -m pybind11 --cmakedir)" || exit 1
