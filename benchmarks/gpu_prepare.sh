@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Run HERE (a machine with the package index) before benchmarks/gpu_check.sh on a GPU machine without one:
 # puts into .gpu/ (git-ignored) what the GPU machine cannot fetch — the pinned ggml source the build
-# already verified and cached (CPU and CUDA backends only: 9 MB), and the wheels its image lacks
+# already verified and cached (CPU, CUDA and RPC backends only: 9 MB), and the wheels its image lacks
 # (transformers 5.24.0 for the reference tests, gguf). Carry `.gpu` with the run.
 #
 #   bash benchmarks/gpu_prepare.sh [--prebuilt BUILD_DIR]
@@ -25,7 +25,7 @@ rm -rf .gpu && mkdir -p .gpu/ggml/src .gpu/whl
 cp -r "$ggml"/CMakeLists.txt "$ggml"/cmake "$ggml"/include .gpu/ggml/
 for f in "$ggml"/src/*; do
   case "$(basename "$f")" in
-    ggml-*) [ -d "$f" ] && { case "$(basename "$f")" in ggml-cpu|ggml-cuda) ;; *) continue ;; esac; } ;;
+    ggml-*) [ -d "$f" ] && { case "$(basename "$f")" in ggml-cpu|ggml-cuda|ggml-rpc) ;; *) continue ;; esac; } ;;
   esac
   cp -r "$f" .gpu/ggml/src/
 done

@@ -140,6 +140,9 @@ struct model_params {
     // match wins over every rule above. Devices: "CPU", "GPU" (the device in use) or its ggml name
     // ("CUDA0", "Metal"); naming a GPU where none is in use is an error.
     std::vector<std::pair<std::string, std::string>> tensor_overrides;
+    // ggml RPC servers ("host:port", each started with rpc_serve / dgemma-rpc-server): their devices join
+    // the local GPU, and the GPU layers are split over all of them in order (the globals on the last).
+    std::vector<std::string> rpc_servers;
     // Called while loading with the fraction done in [0, 1] (weights copied to devices, then the
     // transposed embedding built), last with 1. May throw to abort the load.
     std::function<void(float)> progress;
@@ -256,6 +259,13 @@ size_t quantize_rows(int type, const float * src, void * dst, int64_t nrows, int
 size_t quant_row_bytes(int type, int64_t n_per_row, const char * what);
 // Decodes nrows rows of `type` into floats.
 void dequantize_rows(int type, const void * src, float * dst, int64_t nrows, int64_t n_per_row, int n_threads);
+
+// Serves `device` ("" = the first local GPU, else the CPU; or a ggml device name) to RPC clients at
+// endpoint "host:port" (ggml's RPC server: one client at a time). Blocks until the process is signalled;
+// cache_dir ("" = none) keeps tensors clients sent, to skip resending them. Throws dgemma::error for a
+// bad endpoint or device, or a build without RPC. Anyone who can reach the port can use the device and
+// read what is sent: bind to a trusted network only.
+void rpc_serve(const std::string & endpoint, const std::string & device, int n_threads, const std::string & cache_dir);
 
 // GPU devices this build can place weights on, discrete or integrated, by name (empty: CPU only). Weights go
 // to the first discrete GPU, else the first integrated one; loading logs which.

@@ -315,8 +315,10 @@ PYBIND11_MODULE(_core, m) {
 
     py::class_<model_handle>(m, "Model")
         .def(py::init([](const std::string & path, int n_gpu_layers, bool cpu_moe, py::object progress,
-                         int n_cpu_moe, std::vector<std::pair<std::string, std::string>> tensor_overrides) {
+                         int n_cpu_moe, std::vector<std::pair<std::string, std::string>> tensor_overrides,
+                         std::vector<std::string> rpc_servers) {
                  dgemma::model_params p;
+                 p.rpc_servers = std::move(rpc_servers);
                  p.n_gpu_layers = n_gpu_layers;
                  p.cpu_moe = cpu_moe;
                  p.n_cpu_moe = n_cpu_moe;
@@ -346,8 +348,10 @@ PYBIND11_MODULE(_core, m) {
              }), py::arg("path"), py::arg("n_gpu_layers") = -1, py::arg("cpu_moe") = false,
              py::arg("progress") = py::none(), py::arg("n_cpu_moe") = 0,
              py::arg("tensor_overrides") = std::vector<std::pair<std::string, std::string>>{},
+             py::arg("rpc_servers") = std::vector<std::string>{},
              "progress: called with the fraction loaded in [0, 1]. n_cpu_moe: the experts of the first N layers stay "
-             "on the CPU. tensor_overrides: [(regex, device)], the first match wins (llama.cpp's -ot).")
+             "on the CPU. tensor_overrides: [(regex, device)], the first match wins (llama.cpp's -ot). rpc_servers: "
+             "[\"host:port\"] of ggml RPC servers whose devices take GPU layers.")
         .def("placement", [](const model_handle & h) {
                  py::dict d;
                  for (const auto & [name, buf] : dgemma::get_weight_placement(*h.m)) d[py::str(name)] = buf;
@@ -535,6 +539,12 @@ PYBIND11_MODULE(_core, m) {
           }, py::arg("type"), py::arg("K"), py::arg("M"), py::arg("N"), py::arg("n_threads") = 1,
           py::arg("repeats") = 5, py::arg("on_gpu") = false,
           "Seconds per run of a [K, M] `type` x [K, N] f32 matrix product (2*K*M*N flops), after a warm-up.");
+    m.def("rpc_serve", [](const std::string & endpoint, const std::string & device, int n_threads,
+                          const std::string & cache_dir) {
+              py::gil_scoped_release release;
+              dgemma::rpc_serve(endpoint, device, n_threads, cache_dir);
+          }, py::arg("endpoint"), py::arg("device") = "", py::arg("n_threads") = 0, py::arg("cache_dir") = "",
+          "Serve a device to ggml RPC clients at endpoint 'host:port' (blocks; a signal ends it).");
     m.def("gpu_backends", &dgemma::gpu_devices, "Names of the GPU devices this build can use (empty: CPU only).");
 
     m.def("generate", &py_generate, py::arg("context"), py::arg("prompt"), py::arg("max_new_tokens") = -1,

@@ -325,7 +325,7 @@ private:
     void alloc(ggml_cgraph * gf) {
         ggml_backend_sched_reset(sched_.get());
         if (!ggml_backend_sched_alloc_graph(sched_.get(), gf)) throw error("cannot allocate the compute graph (out of memory?)");
-        if (m_->backend_gpu) report_placement(gf);
+        if (!m_->gpus.empty()) report_placement(gf);
     }
 
     // With a GPU, a node the GPU backend does not support silently runs on the CPU (and its inputs are

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <vector>
 
@@ -162,6 +163,11 @@ void reduce_rows(ggml_tensor * dst, int ith, int nth, void * /*userdata*/) {
 ggml_tensor * row_reductions_cpu(ggml_context * ctx, ggml_tensor * lp, ggml_tensor * uniforms, ggml_tensor * draw) {
     ggml_tensor * args[3] = {lp, uniforms, draw};
     return ggml_custom_4d(ctx, GGML_TYPE_F32, 3, lp->ne[1], 1, 1, args, 3, reduce_rows, GGML_N_TASKS_MAX, nullptr);
+}
+
+bool cpu_fused_ops_disabled() {
+    static const bool disabled = std::getenv("DGEMMA_GENERIC_REDUCTIONS") != nullptr;
+    return disabled;
 }
 
 ggml_tensor * gelu_tanh_cpu(ggml_context * ctx, ggml_tensor * x) {

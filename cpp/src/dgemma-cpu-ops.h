@@ -10,6 +10,10 @@ namespace dgemma {
 // `cap` must outlive the graph (the model's hparams do).
 ggml_tensor * softcap_cpu_inplace(ggml_context * ctx, ggml_tensor * x, const float * cap);
 
+// DGEMMA_GENERIC_REDUCTIONS set: no fused CPU op is used, the graphs take the backend-independent ggml
+// ops a GPU runs (tests compare the two paths, and a CPU run against a remote one bit for bit).
+bool cpu_fused_ops_disabled();
+
 // gelu_pytorch_tanh: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))) in one pass with the vector tanhf
 // (<= 4 ulp). ggml's CPU tanh is a scalar libm loop: the composed form cost 0.8 s of a 14.3 s step of the
 // released shape on 2 cores. x may be a view (any strides); the result is contiguous.

@@ -8,8 +8,7 @@
 namespace dgemma {
 
 bool reductions_on_cpu(const model & m) {
-    static const bool force_generic = std::getenv("DGEMMA_GENERIC_REDUCTIONS") != nullptr;
-    return m.backend_globals == m.backend_cpu && !force_generic;
+    return m.backend_globals == m.backend_cpu && !cpu_fused_ops_disabled();
 }
 
 decoder_graph build_decoder(const graph_builder & g, const kv_store & kv, ggml_tensor * sc_state, int32_t C,
@@ -94,7 +93,7 @@ decoder_graph build_decoder(const graph_builder & g, const kv_store & kv, ggml_t
     ggml_tensor * logits = ggml_mul_mat(ctx, m.tok_embd, x);                              // tied lm_head
     ggml_prec_set_acc(logits, GGML_PREC_F32);
     const float cap = hp.logit_softcap;
-    if (cap > 0.0f && m.backend_globals == m.backend_cpu) {
+    if (cap > 0.0f && reductions_on_cpu(m)) {   // DGEMMA_GENERIC_REDUCTIONS: the generic ops, as off the CPU
         logits = softcap_cpu_inplace(ctx, logits, &hp.logit_softcap);
     } else if (cap > 0.0f) {
         logits = ggml_scale(ctx, ggml_tanh(ctx, ggml_scale(ctx, logits, 1.0f / cap)), cap);

@@ -64,7 +64,7 @@ ggml_tensor * graph_builder::rms(ggml_tensor * x, ggml_tensor * w) const {
 
 ggml_tensor * graph_builder::gelu_tanh(ggml_tensor * x, const ggml_tensor * w) const {
     // where the product w feeds runs on the CPU, one vectorised pass (ggml's CPU tanh is scalar)
-    if (w->buffer && ggml_backend_buffer_is_host(w->buffer)) return gelu_tanh_cpu(ctx, x);
+    if (w->buffer && ggml_backend_buffer_is_host(w->buffer) && !cpu_fused_ops_disabled()) return gelu_tanh_cpu(ctx, x);
     // 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))
     const float c = std::sqrt(2.0f / (float) M_PI);
     ggml_tensor * x3 = ggml_mul(ctx, ggml_sqr(ctx, x), x);

@@ -1,5 +1,6 @@
 #include "dgemma-model.h"
 #include "dgemma-log.h"
+#include "dgemma-rpc.h"
 
 #include "ggml-alloc.h"
 #include "ggml-cpu.h"
@@ -65,18 +66,9 @@ void model::load(const std::string & path) {
 
     backend_cpu = ggml_backend_init_by_type(GGML_BACKEND_DEVICE_TYPE_CPU, nullptr);
     if (!backend_cpu) throw error("cannot initialise the CPU backend");
-    if (params.n_gpu_layers != 0) {
-        // a discrete GPU, else an integrated one (DGX Spark, Jetson, Ryzen AI): both run the same kernels
-        if (ggml_backend_dev_t dev = gpu_device()) {
-            backend_gpu = ggml_backend_dev_init(dev, nullptr);
-            if (!backend_gpu) throw error(std::string("cannot initialise the GPU backend ") + ggml_backend_dev_name(dev));
-            log_msg(LOG_INFO, "using %s %s (%s)\n",
-                    ggml_backend_dev_type(dev) == GGML_BACKEND_DEVICE_TYPE_IGPU ? "integrated GPU" : "GPU",
-                    ggml_backend_dev_name(dev), ggml_backend_dev_description(dev));
-        }
-    }
+    open_devices();
     const int n_layer = info.hp.n_layer;
-    backend_globals = layer_on_gpu(-1) ? backend_gpu : backend_cpu;
+    backend_globals = layer_backend(-1);
 
     map_file(path);
     place_weights();
@@ -123,13 +115,33 @@ void model::load(const std::string & path) {
         L.post_ffw_norm = get(n("post_ffw_norm.weight"));
         L.dec_scale = get(n("layer_output_scale.weight"));
         L.enc_scale = get(n("enc_layer_output_scale.weight"));
-        L.backend = layer_on_gpu(il) ? backend_gpu : backend_cpu;
+        L.backend = layer_backend(il);
     }
     make_transposed_embedding();
     make_rope_freqs();
     report_progress(1.0f);
-    log_msg(LOG_INFO, "%s: loaded %zu tensors (%s)\n", path.c_str(), info.tensors.size(),
-            backend_gpu ? ggml_backend_name(backend_gpu) : "CPU");
+    std::string where = "CPU";
+    for (ggml_backend_t g : gpus) where += std::string(", ") + ggml_backend_name(g);
+    log_msg(LOG_INFO, "%s: loaded %zu tensors (%s)\n", path.c_str(), info.tensors.size(), where.c_str());
+}
+
+void model::open_devices() {
+    if (params.n_gpu_layers == 0) {
+        if (!params.rpc_servers.empty()) log_msg(LOG_WARN, "n_gpu_layers 0: the RPC servers are not used\n");
+        return;
+    }
+    std::vector<ggml_backend_dev_t> devs;
+    // a discrete GPU, else an integrated one (DGX Spark, Jetson, Ryzen AI): both run the same kernels
+    if (ggml_backend_dev_t dev = gpu_device()) devs.push_back(dev);
+    for (ggml_backend_dev_t dev : rpc_devices(params.rpc_servers)) devs.push_back(dev);
+    for (ggml_backend_dev_t dev : devs) {
+        ggml_backend_t b = ggml_backend_dev_init(dev, nullptr);
+        if (!b) throw error(std::string("cannot initialise the backend of device ") + ggml_backend_dev_name(dev));
+        gpus.push_back(b);
+        log_msg(LOG_INFO, "using %s %s (%s)\n",
+                ggml_backend_dev_type(dev) == GGML_BACKEND_DEVICE_TYPE_IGPU ? "integrated GPU" : "GPU",
+                ggml_backend_dev_name(dev), ggml_backend_dev_description(dev));
+    }
 }
 
 void model::report_progress(float f) const {
@@ -164,15 +176,15 @@ void model::release() {
     free(map_);
 #endif
     map_ = nullptr;
-    if (backend_gpu) ggml_backend_free(backend_gpu);
+    for (ggml_backend_t g : gpus) ggml_backend_free(g);
+    gpus.clear();
     if (backend_cpu) ggml_backend_free(backend_cpu);
-    backend_gpu = backend_cpu = nullptr;
+    backend_cpu = nullptr;
     params.progress = nullptr;
 }
 
 std::vector<ggml_backend_t> model::backends() const {
-    std::vector<ggml_backend_t> v;
-    if (backend_gpu) v.push_back(backend_gpu);
+    std::vector<ggml_backend_t> v = gpus;
     v.push_back(backend_cpu);
     return v;
 }
@@ -196,18 +208,28 @@ void model::map_file(const std::string & path) {
 }
 
 // The placement policy, in one place: n_gpu_layers < 0 or >= n_layer puts every layer and the global
-// tensors (il = -1) on the GPU; otherwise the last n_gpu_layers layers go there and the globals stay.
-bool model::layer_on_gpu(int il) const {
-    if (!backend_gpu) return false;
+// tensors (il = -1) on the GPUs; otherwise the last n_gpu_layers layers go there and the globals stay on
+// the CPU. With several GPUs (a local one and RPC servers) the GPU layers are split into contiguous runs
+// of (nearly) equal length, in device order; the globals go to the last device, which computes the
+// output layer after the last layer without a copy.
+ggml_backend_t model::layer_backend(int il) const {
+    if (gpus.empty()) return backend_cpu;
     const int n_layer = info.hp.n_layer;
     const bool all = params.n_gpu_layers < 0 || params.n_gpu_layers >= n_layer;
-    return all || (il >= 0 && il >= n_layer - params.n_gpu_layers);
+    const int n_on = all ? n_layer : params.n_gpu_layers;
+    if (il < 0) return all ? gpus.back() : backend_cpu;
+    const int first = n_layer - n_on;
+    if (il < first) return backend_cpu;
+    const size_t k = (size_t) (il - first) * gpus.size() / (size_t) n_on;
+    return gpus[k];
 }
 
-// The tensor overrides, compiled: (pattern, on the GPU). Checked before any weight is placed.
-std::vector<std::pair<std::regex, bool>> model::compile_overrides() const {
-    std::vector<std::pair<std::regex, bool>> out;
-    const std::string gpu = backend_gpu ? ggml_backend_dev_name(ggml_backend_get_device(backend_gpu)) : "";
+// Checked before any weight is placed.
+std::vector<std::pair<std::regex, int>> model::compile_overrides() const {
+    std::vector<std::pair<std::regex, int>> out;
+    auto upper = [](std::string x) { for (char & c : x) c = (char) std::toupper((unsigned char) c); return x; };
+    std::string names;
+    for (ggml_backend_t g : gpus) names += std::string(", ") + ggml_backend_dev_name(ggml_backend_get_device(g));
     for (const auto & [pattern, device] : params.tensor_overrides) {
         std::regex re;
         try {
@@ -215,15 +237,16 @@ std::vector<std::pair<std::regex, bool>> model::compile_overrides() const {
         } catch (const std::regex_error & e) {
             throw error("tensor override '" + pattern + "=" + device + "': bad regular expression: " + e.what());
         }
-        auto upper = [](std::string x) { for (char & c : x) c = (char) std::toupper((unsigned char) c); return x; };
-        if (upper(device) == "CPU") {
-            out.emplace_back(std::move(re), false);
-        } else if (backend_gpu && (upper(device) == "GPU" || upper(device) == upper(gpu))) {
-            out.emplace_back(std::move(re), true);
-        } else {
-            throw error("tensor override '" + pattern + "=" + device + "': no device '" + device + "' in use; use CPU" +
-                        (backend_gpu ? ", GPU or " + gpu : std::string(" (no GPU: a CPU build, none found, or n_gpu_layers 0)")));
+        int where = upper(device) == "CPU" ? -2 : !gpus.empty() && upper(device) == "GPU" ? -1 : -3;
+        for (size_t k = 0; k < gpus.size() && where == -3; k++) {
+            if (upper(device) == upper(ggml_backend_dev_name(ggml_backend_get_device(gpus[k])))) where = (int) k;
         }
+        if (where == -3) {
+            throw error("tensor override '" + pattern + "=" + device + "': no device '" + device + "' in use; use CPU" +
+                        (!gpus.empty() ? ", GPU (the layer's own)" + names
+                                       : std::string(" (no GPU: a CPU build, none found, or n_gpu_layers 0)")));
+        }
+        out.emplace_back(std::move(re), where);
     }
     return out;
 }
@@ -231,12 +254,17 @@ std::vector<std::pair<std::regex, bool>> model::compile_overrides() const {
 // CPU tensors point into the mapping (no copy); GPU tensors are uploaded into one buffer per device.
 void model::place_weights() {
     const auto overrides = compile_overrides();
-    auto wants_gpu = [&](const std::string & name) {
-        for (const auto & [re, on_gpu] : overrides) {
-            if (std::regex_search(name, re)) return on_gpu;
+    auto target = [&](const std::string & name) -> ggml_backend_t {
+        const int il = layer_of(name);
+        for (const auto & [re, where] : overrides) {
+            if (!std::regex_search(name, re)) continue;
+            if (where == -2) return backend_cpu;
+            if (where >= 0) return gpus[(size_t) where];
+            const ggml_backend_t own = layer_backend(il);
+            return own != backend_cpu ? own : gpus.front();
         }
-        if (is_expert_tensor(name) && (params.cpu_moe || layer_of(name) < params.n_cpu_moe)) return false;
-        return layer_on_gpu(layer_of(name));
+        if (is_expert_tensor(name) && (params.cpu_moe || il < params.n_cpu_moe)) return backend_cpu;
+        return layer_backend(il);
     };
 
     // The mapping is read-only; ggml never writes weights.
@@ -244,33 +272,38 @@ void model::place_weights() {
     ggml_backend_buffer_set_usage(cpu_buf, GGML_BACKEND_BUFFER_USAGE_WEIGHTS);
     bufs_.push_back(cpu_buf);
 
-    std::vector<ggml_tensor *> gpu_tensors;
-    size_t gpu_size = 0;
-    ggml_backend_buffer_type_t gpu_buft = backend_gpu ? ggml_backend_get_default_buffer_type(backend_gpu) : nullptr;
+    std::vector<std::vector<ggml_tensor *>> on_gpu(gpus.size());   // per device, in file order
+    std::vector<size_t> sizes(gpus.size(), 0);
+    size_t total = 0;
     for (const tensor_info & ti : info.tensors) {
         ggml_tensor * t = ggml_get_tensor(file_->tensor_meta(), ti.name.c_str());
-        if (wants_gpu(ti.name)) {
-            gpu_tensors.push_back(t);
-            gpu_size += GGML_PAD(ggml_backend_buft_get_alloc_size(gpu_buft, t), ggml_backend_buft_get_alignment(gpu_buft));
-        } else {
+        const ggml_backend_t b = target(ti.name);
+        if (b == backend_cpu) {
             if (ggml_backend_tensor_alloc(cpu_buf, t, (char *) map_ + ti.offset) != GGML_STATUS_SUCCESS) {
                 throw error(info.path + ": cannot place tensor '" + ti.name + "' in the mapping");
             }
+            continue;
         }
+        const size_t k = (size_t) (std::find(gpus.begin(), gpus.end(), b) - gpus.begin());
+        ggml_backend_buffer_type_t buft = ggml_backend_get_default_buffer_type(b);
+        on_gpu[k].push_back(t);
+        sizes[k] += GGML_PAD(ggml_backend_buft_get_alloc_size(buft, t), ggml_backend_buft_get_alignment(buft));
+        total += ggml_nbytes(t);
     }
-    if (!gpu_tensors.empty()) {
-        ggml_backend_buffer_t buf = ggml_backend_buft_alloc_buffer(gpu_buft, gpu_size);
-        if (!buf) throw error(info.path + ": cannot allocate " + std::to_string(gpu_size >> 20) + " MiB on " +
-                              ggml_backend_name(backend_gpu) + "; lower n_gpu_layers or use cpu_moe");
+    size_t done = 0;
+    for (size_t k = 0; k < gpus.size(); k++) {
+        if (on_gpu[k].empty()) continue;
+        ggml_backend_buffer_t buf = ggml_backend_buft_alloc_buffer(ggml_backend_get_default_buffer_type(gpus[k]), sizes[k]);
+        if (!buf) throw error(info.path + ": cannot allocate " + std::to_string(sizes[k] >> 20) + " MiB on " +
+                              ggml_backend_name(gpus[k]) + "; lower n_gpu_layers or use cpu_moe");
         ggml_backend_buffer_set_usage(buf, GGML_BACKEND_BUFFER_USAGE_WEIGHTS);
         bufs_.push_back(buf);
         ggml_tallocr ta = ggml_tallocr_new(buf);
-        size_t done = 0;
-        for (ggml_tensor * t : gpu_tensors) {
+        for (ggml_tensor * t : on_gpu[k]) {
             ggml_tallocr_alloc(&ta, t);
             ggml_backend_tensor_set(t, (const char *) map_ + file_offset(t->name), 0, ggml_nbytes(t));
             done += ggml_nbytes(t);
-            report_progress(0.5f * (float) done / (float) gpu_size);
+            report_progress(0.5f * (float) done / (float) total);
         }
     }
 }

@@ -59,10 +59,12 @@ public:
     rope_table rope[2];                      // RoPE frequencies: [0] sliding layers, [1] full layers
 
     ggml_backend_t backend_cpu = nullptr;
-    ggml_backend_t backend_gpu = nullptr;   // null when no GPU is used
+    // The GPU-class devices in use, in layer order: the local GPU, then every device of each RPC server
+    // (model_params.rpc_servers). Empty when everything runs on the CPU.
+    std::vector<ggml_backend_t> gpus;
     ggml_backend_t backend_globals = nullptr;
 
-    // All backends, GPU first and the CPU last (the scheduler's priority order).
+    // All backends, the GPUs first and the CPU last (the scheduler's priority order).
     std::vector<ggml_backend_t> backends() const;
 
     const gguf_file & file() const { return *file_; }
@@ -72,8 +74,11 @@ private:
     void release();                    // frees everything load() acquired (also after a failed load)
     void map_file(const std::string & path);
     void place_weights();
-    bool layer_on_gpu(int il) const;   // il = -1: the global tensors
-    std::vector<std::pair<std::regex, bool>> compile_overrides() const;
+    void open_devices();
+    // Where layer il's weights go (il = -1: the global tensors): its GPU, or the CPU.
+    ggml_backend_t layer_backend(int il) const;
+    // The tensor overrides, compiled: (pattern, device index: -2 the CPU, -1 the tensor's layer's GPU).
+    std::vector<std::pair<std::regex, int>> compile_overrides() const;
     void make_transposed_embedding();
     void make_rope_freqs();
     void report_progress(float fraction) const;

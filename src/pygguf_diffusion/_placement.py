@@ -1,5 +1,6 @@
 """Memory options shared by the API and the CLI, checked before anything loads: llama.cpp's tensor
-overrides (`-ot PATTERN=DEVICE[,PATTERN=DEVICE...]`) and the KV store's element types."""
+overrides (`-ot PATTERN=DEVICE[,PATTERN=DEVICE...]`), the KV store's element types, and ggml RPC servers
+(`--rpc HOST:PORT[,HOST:PORT...]`)."""
 from __future__ import annotations
 
 import re
@@ -45,3 +46,23 @@ def parse_overrides(texts: Iterable[str]) -> list[tuple[str, str]]:
                 raise ValueError(f"'{part}' is not PATTERN=DEVICE (e.g. 'ffn_.*_exps=CPU')")
             pairs.append((pattern, device))
     return check_overrides(pairs)
+
+
+def check_rpc_servers(servers: str | Sequence[str] | None) -> list[str]:
+    """'host:port' endpoints (a comma-separated string or a sequence), validated: ValueError naming the bad
+    one. Whether each answers is checked when the model loads."""
+    if servers is None:
+        return []
+    if isinstance(servers, str):
+        servers = [s for s in servers.split(",") if s.strip()] if servers.strip() else []
+    if isinstance(servers, bytes) or not isinstance(servers, Iterable):
+        raise ValueError(f"rpc_servers must be 'host:port' strings, got {servers!r:.60}")
+    out = []
+    for s in servers:
+        if not isinstance(s, str):
+            raise ValueError(f"rpc_servers: {s!r} is not a 'host:port' string")
+        host, sep, port = s.strip().rpartition(":")
+        if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+            raise ValueError(f"rpc_servers: '{s}' is not HOST:PORT with a port in 1..65535 (e.g. 192.168.1.7:50052)")
+        out.append(s.strip())
+    return out

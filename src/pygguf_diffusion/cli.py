@@ -16,7 +16,7 @@ from typing import Any
 from . import bundled
 from ._defaults import DEFAULT_N_CTX, INT32_MAX, MAX_THREADS
 from ._live import AnswerView, LoadProgress, answer_terminal
-from ._placement import KV_TYPES, parse_overrides
+from ._placement import KV_TYPES, check_rpc_servers, parse_overrides
 from ._prompt import LineReader, read_message
 from .canvas import DEFAULT_HOLE_TOKENS, escape, parse_template
 
@@ -69,6 +69,8 @@ def add_model_options(ap: argparse.ArgumentParser, chat: bool) -> None:
     src.add_argument("-ot", "--override-tensor", action="append", default=[], metavar="PATTERN=DEVICE,...",
                      help="tensors whose name matches the regular expression go to DEVICE (CPU, GPU or a "
                      "device name such as CUDA0); repeatable; the first match wins over -ngl and --*-moe")
+    src.add_argument("--rpc", metavar="HOST:PORT,...", help="machines running dgemma-rpc-server: their devices "
+                     "take GPU layers after the local GPU, split evenly in order")
     src.add_argument("-ctk", "--cache-type-k", metavar="TYPE",
                      help="KV store type of K: " + ", ".join(KV_TYPES) + " (default: f32)")
     src.add_argument("-ctv", "--cache-type-v", metavar="TYPE",
@@ -134,6 +136,10 @@ def check_options(args: argparse.Namespace) -> str | None:
         parse_overrides(args.override_tensor)
     except ValueError as e:
         return f"--override-tensor: {e}"
+    try:
+        check_rpc_servers(args.rpc)
+    except ValueError as e:
+        return f"--rpc: {str(e).removeprefix('rpc_servers: ')}"
     if getattr(args, "hole_tokens", 1) < 1:
         return f"--hole-tokens {args.hole_tokens}: must be >= 1"
     if getattr(args, "template", None) is not None:
@@ -184,7 +190,8 @@ def load(args: argparse.Namespace):
     kw: dict[str, Any] = dict(n_ctx=args.ctx_size, n_gpu_layers=ngl, n_threads=args.threads, seed=args.seed,
                               verbose=args.verbose, cpu_moe=args.cpu_moe, n_cpu_moe=args.n_cpu_moe or 0,
                               tensor_overrides=parse_overrides(args.override_tensor),
-                              type_k=args.cache_type_k or "f32", type_v=args.cache_type_v or "f32")
+                              type_k=args.cache_type_k or "f32", type_v=args.cache_type_v or "f32",
+                              rpc_servers=args.rpc)
     with LoadProgress() as progress:
         if progress.enabled:
             kw["progress"] = progress
@@ -211,6 +218,8 @@ def load_failure(e: BaseException, args: argparse.Namespace, prog: str = "dgemma
         return fail("cannot load model", "out of memory", "lower -c, or use a smaller quant")
     if isinstance(e, EngineError) and str(e).startswith(("tensor override", "type_k", "type_v")):
         return fail("invalid option", e, f"see {prog} --help")
+    if isinstance(e, EngineError) and str(e).startswith(("RPC server", "this build has no RPC")):
+        return fail("cannot use the RPC servers", e, "see dgemma-rpc-server --help")
     if isinstance(e, EngineError):
         if args.model and _valid_gguf(args.model):  # then it failed for another reason: memory, -c, -ngl
             return fail("cannot load model", e, "the file is a valid DiffusionGemma GGUF: lower -c (context "

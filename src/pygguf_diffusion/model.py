@@ -17,7 +17,7 @@ from . import _core, _logging
 from ._defaults import DEFAULT_N_CTX, INT32_MAX, MAX_THREADS
 from ._engine_thread import EngineThread
 from ._generation import _LIVE, _Claim, _Generation
-from ._placement import KV_TYPES, check_overrides
+from ._placement import KV_TYPES, check_overrides, check_rpc_servers
 from ._signals import sigint_held
 from ._stops import StopScanner, check_stops
 from .canvas import DEFAULT_HOLE_TOKENS, CanvasSpec, escape, explicit_spec, hole_texts, template_spec, warm_spec
@@ -46,7 +46,7 @@ class Model:
     def __init__(self, path: str | os.PathLike[str] | None = None, *, n_gpu_layers: int = -1,
                  n_ctx: int | None = None, n_threads: int | None = None, n_batch: int = 512, seed: int | None = None, verbose: bool = False,
                  cpu_moe: bool = False, n_cpu_moe: int = 0, tensor_overrides: Sequence[tuple[str, str]] = (),
-                 type_k: str = "f32", type_v: str = "f32",
+                 type_k: str = "f32", type_v: str = "f32", rpc_servers: str | Sequence[str] | None = None,
                  progress: Callable[[float], None] | None = None) -> None:
         """n_ctx: positions the context holds (prompt + every canvas); None = min(8192, the model's
         context_length). n_threads: None = the physical cores this process may use. progress: called
@@ -56,7 +56,9 @@ class Model:
         Placement (with a GPU): n_gpu_layers (-1 all, 0 none, N the last N layers), cpu_moe (every expert
         tensor on the CPU), n_cpu_moe (the experts of the first N layers on the CPU), tensor_overrides
         [(regex, "CPU" | "GPU" | a device name)], the first match winning over the rest (llama.cpp's -ot).
-        type_k / type_v: the KV store's element types (f32, f16, bf16, q8_0, q5_1, q5_0, q4_1, q4_0)."""
+        type_k / type_v: the KV store's element types (f32, f16, bf16, q8_0, q5_1, q5_0, q4_1, q4_0).
+        rpc_servers: ["host:port", ...] (or "a:1,b:2") of machines running dgemma-rpc-server: their devices
+        take GPU layers after the local GPU, split evenly in order (n_gpu_layers and the overrides apply)."""
         if path is None:
             from . import bundled
 
@@ -80,6 +82,7 @@ class Model:
         if not isinstance(cpu_moe, (bool, np.bool_)):
             raise ValueError(f"cpu_moe must be True or False, got {cpu_moe!r}")
         overrides = check_overrides(tensor_overrides)
+        rpc = check_rpc_servers(rpc_servers)
         for name, v in (("type_k", type_k), ("type_v", type_v)):
             if v not in KV_TYPES:
                 raise ValueError(f"{name} must be one of {', '.join(KV_TYPES)}, got {v!r}")
@@ -90,7 +93,7 @@ class Model:
             logging.getLogger("pygguf_diffusion").setLevel(logging.INFO)
         self.path = path
         self._model = _core.Model(path, n_gpu_layers, bool(cpu_moe), progress=progress, n_cpu_moe=n_cpu_moe or 0,
-                                  tensor_overrides=overrides)
+                                  tensor_overrides=overrides, rpc_servers=rpc)
         self.info: dict[str, Any] = self._model.info()
         vocab = self._model.vocab()  # the engine's checks: EngineError naming the file
         try:

@@ -1,0 +1,126 @@
+"""ggml's RPC backend on loopback: dgemma-rpc-server (this package's, built by our CMake) serves its CPU
+to a model on the same machine; with one server and with two (the layers split between them) the
+decoder's logits and a whole generation equal the local run. Unreachable servers and bad endpoints are
+clear errors, never ggml's abort."""
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from pygguf_diffusion import EngineError, Model, _core
+
+SERVER = [sys.executable, "-c", "import sys; from pygguf_diffusion.rpc_server import main; sys.exit(main())"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _listening(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+@pytest.fixture(scope="module")
+def servers():
+    procs, ports = [], []
+    for _ in range(2):
+        port = _free_port()
+        procs.append(subprocess.Popen([*SERVER, "--port", str(port), "-t", "1"], stdout=subprocess.PIPE,
+                                      stderr=subprocess.STDOUT, text=True))
+        ports.append(port)
+    end = time.monotonic() + 30
+    while not all(_listening(p) for p in ports):
+        assert all(p.poll() is None for p in procs), [p.stdout.read() for p in procs if p.poll() is not None]
+        assert time.monotonic() < end, "the RPC servers did not start"
+        time.sleep(0.1)
+    yield [f"127.0.0.1:{p}" for p in ports]
+    for p in procs:
+        p.kill()
+        p.wait()
+
+
+LOGITS = """
+import sys
+import numpy as np
+from pygguf_diffusion import _core
+path, servers = sys.argv[1], sys.argv[2:]
+rng = np.random.default_rng(7)
+prompt, canvas = rng.integers(0, 512, 40).astype(np.int32), rng.integers(0, 512, 8).astype(np.int32)
+out = []
+for model in (_core.Model(path, 0), _core.Model(path, -1, rpc_servers=servers)):
+    ctx = _core.Context(model, n_ctx=256, n_threads=1)
+    ctx.encode(prompt)
+    out.append([ctx.decode_step(canvas, temperature=0.8), ctx.decode_step(canvas, sc="previous", temperature=0.6)])
+print(all(np.array_equal(a, b) for a, b in zip(*out)), max(float(np.abs(a - b).max()) for a, b in zip(*out)))
+"""
+
+
+@pytest.mark.parametrize("n_servers", [1, 2])
+def test_logits_and_placement_over_rpc_equal_the_local_run(servers, converted, n_servers):
+    path = str(converted("spec9", "f32"))
+    # the remote side has no CPU-resident output layer, so it takes the backend-independent reductions (a GPU's
+    # path); the local run is asked for the same ones, so equal means bit for bit
+    r = subprocess.run([sys.executable, "-c", LOGITS, path, *servers[:n_servers]], capture_output=True, text=True,
+                       timeout=120, env={**os.environ, "DGEMMA_GENERIC_REDUCTIONS": "1"})
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split()[0] == "True", r.stdout
+    remote_model = _core.Model(path, -1, rpc_servers=servers[:n_servers])
+    where = remote_model.placement()
+
+    def server_of(buffer: str) -> int:
+        return next(i for i, s in enumerate(servers[:n_servers]) if s in buffer)
+
+    layers = sorted({int(n.split(".")[1]) for n in where if n.startswith("blk.")})
+    on = [server_of(where[f"blk.{i}.attn_q.weight"]) for i in layers]
+    # contiguous runs in server order, as even as 6 layers allow; the globals on the last server
+    assert on == sorted(on) and set(on) == set(range(n_servers)) and on.count(0) == 6 // n_servers
+    assert server_of(where["token_embd.weight"]) == n_servers - 1
+    assert all(server_of(d) == on[int(n.split(".")[1])] for n, d in where.items() if n.startswith("blk."))
+
+
+def test_generation_over_rpc_equals_the_local_one(servers):
+    kw = dict(n_ctx=256, seed=0, n_threads=1)
+    local, remote = Model(**kw), Model(rpc_servers=",".join(servers), **kw)
+    for q in ("4821+377=", "sort: 42 7 19"):
+        p = local.apply_chat_template([{"role": "user", "content": q}])
+        a, b = local.generate(p), remote.generate(p)
+        assert a.tokens == b.tokens and a.stats.steps_per_canvas == b.stats.steps_per_canvas
+    assert remote.runtime_info()["device"].startswith("RPC")
+
+
+def test_unreachable_and_malformed_servers_are_clear_errors(converted):
+    path = str(converted("spec9", "f32"))
+    dead = f"127.0.0.1:{_free_port()}"
+    with pytest.raises(EngineError, match=f"RPC server {dead}: cannot connect .*dgemma-rpc-server"):
+        _core.Model(path, -1, rpc_servers=[dead])
+    with pytest.raises(EngineError, match="not a number"):
+        _core.Model(path, -1, rpc_servers=["127.0.0.1:http"])
+    for bad in (["nohost"], ["h:0"], ["h:70000"], [5], "a:1,b"):
+        with pytest.raises(ValueError, match="rpc_servers"):
+            Model(path, rpc_servers=bad)
+    r = subprocess.run([sys.executable, "-m", "pygguf_diffusion.cli", "-m", path, "-p", "x", "--rpc", dead],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1 and "error: cannot use the RPC servers: RPC server" in r.stderr, r.stderr
+    r = subprocess.run([sys.executable, "-m", "pygguf_diffusion.cli", "-m", path, "-p", "x", "--rpc", "a:b"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1 and "error: invalid option: --rpc" in r.stderr, r.stderr
+
+
+def test_the_server_refuses_a_port_in_use_and_bad_options(servers):
+    port = servers[0].rsplit(":", 1)[1]
+    r = subprocess.run([*SERVER, "--port", port], capture_output=True, text=True, timeout=30)
+    assert r.returncode == 1 and "error: cannot serve" in r.stderr, r.stderr
+    r = subprocess.run([*SERVER, "--port", "0"], capture_output=True, text=True, timeout=30)
+    assert r.returncode == 1 and "--port 0" in r.stderr
+    r = subprocess.run([*SERVER, "--device", "NOPE", "--port", str(_free_port())], capture_output=True, text=True,
+                       timeout=30)
+    assert r.returncode == 1 and "no device 'NOPE'" in r.stderr
