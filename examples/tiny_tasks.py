@@ -169,3 +169,41 @@ def runtime_eval(model, problems: list[tuple[str, str]], **settings) -> dict:
     n = len(problems)
     return {"n": n, "acc": ok / n, "tokens_per_forward": toks / max(fwd, 1),
             "steps_per_canvas": steps / max(canvases, 1), "outputs": outs}
+
+
+# ------------------------------------------------------------------------------ canvas editing (issue 13)
+
+def _unique(puzzle: list[int]) -> bool:
+    return sum(all(p == 0 or p == h[i] for i, p in enumerate(puzzle)) for h in GRIDS) == 1
+
+
+def sudoku_blanks(rng: random.Random, lo: int, hi: int) -> tuple[list[int], tuple[int, ...]]:
+    """A 4x4 puzzle with lo..hi blanks (0 cells) and a unique completion: (puzzle cells, solution)."""
+    k = rng.randint(lo, hi)
+    while True:
+        g = rng.choice(GRIDS)
+        blanks = set(rng.sample(range(16), k))
+        puzzle = [0 if i in blanks else v for i, v in enumerate(g)]
+        if _unique(puzzle):
+            return puzzle, g
+
+
+def sudoku_set(n: int, seed: int, lo: int, hi: int) -> list[tuple[list[int], tuple[int, ...]]]:
+    """n distinct puzzles of lo..hi blanks from their own seed (training used GRIDS at 4..8 blanks)."""
+    rng = random.Random(f"sudoku-{lo}-{hi}-{seed}")
+    seen, out = set(), []
+    while len(out) < n:
+        p, g = sudoku_blanks(rng, lo, hi)
+        if tuple(p) not in seen:
+            seen.add(tuple(p))
+            out.append((p, g))
+    return out
+
+
+def sudoku_question(puzzle: list[int]) -> str:
+    return "sudoku: " + _fmt(puzzle)
+
+
+def sudoku_template(cells: list[int]) -> str:
+    """The answer's template: the digits of `cells` fixed, a one-token hole per 0."""
+    return " ".join("".join(str(c) if c else "{:1}" for c in cells[r * 4:r * 4 + 4]) for r in range(4))

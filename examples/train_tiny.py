@@ -41,6 +41,20 @@ import tiny_tasks as T  # noqa: E402
 DEFAULT_TASK_WEIGHTS = {"add": 0.35, "sort": 0.4, "sudoku": 0.25}
 
 
+def add_optimisation_args(p: argparse.ArgumentParser, *, steps: int, minutes: float, lr: float, warmup: int) -> None:
+    """The schedule and optimiser flags (shared with finetune_tiny.py, which has its own defaults)."""
+    p.add_argument("--steps", type=int, default=steps)
+    p.add_argument("--minutes", type=float, default=minutes,
+                   help="safety stop: end training after this wall time (evaluations included); 0: none. "
+                        "A slower machine stops earlier, so for an exact replay of a run give 0")
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--lr", type=float, default=lr)
+    p.add_argument("--min-lr-frac", type=float, default=0.1)
+    p.add_argument("--warmup", type=int, default=warmup)
+    p.add_argument("--wd", type=float, default=0.01)
+    p.add_argument("--clip", type=float, default=1.0)
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, default=Path("tiny-run"))
@@ -67,17 +81,7 @@ def parse_args(argv=None):
     p.add_argument("--qk-norm-init", choices=["scaled", "ones"], default="scaled",
                    help="initial q_norm/k_norm weights: head_dim**-0.25 (attention logits of unit variance at "
                         "init; the model's attention scale is 1.0) or transformers' default 1.0")
-    # optimisation
-    p.add_argument("--steps", type=int, default=3500)
-    p.add_argument("--minutes", type=float, default=84,
-                   help="safety stop: end training after this wall time (evaluations included); 0: none. "
-                        "A slower machine stops earlier, so for an exact replay of a run give 0")
-    p.add_argument("--batch", type=int, default=64)
-    p.add_argument("--lr", type=float, default=2e-3)
-    p.add_argument("--min-lr-frac", type=float, default=0.1)
-    p.add_argument("--warmup", type=int, default=100)
-    p.add_argument("--wd", type=float, default=0.01)
-    p.add_argument("--clip", type=float, default=1.0)
+    add_optimisation_args(p, steps=3500, minutes=84, lr=2e-3, warmup=100)
     p.add_argument("--eps", type=float, default=1e-3, help="t ~ U(eps, 1)")
     p.add_argument("--ar-weight", type=float, default=1.0)
     p.add_argument("--sc-prob", type=float, default=0.5)
@@ -202,7 +206,10 @@ def first_pass_logits(model, cache, am, lens, xt, sc_mask):
     return out
 
 
-def train_step(model, codec, batch, a, gen):
+def train_step(model, codec, batch, a, gen, clean=None, loss_mask=None):
+    """One loss on a micro-batch. Hooks for fine-tuning (examples/finetune_tiny.py), both off by default:
+    `clean` [B, C] bool marks canvas positions that are never corrupted (a template's fixed text);
+    `loss_mask` [B, C] bool limits the diffusion loss to those positions (mean over them)."""
     import torch
     import torch.nn.functional as F
 
@@ -219,6 +226,8 @@ def train_step(model, codec, batch, a, gen):
     # corruption: uniform random tokens at level t ~ U(eps, 1)
     t = a.eps + (1 - a.eps) * torch.rand(B, generator=gen)
     noisy = torch.rand(B, C, generator=gen) < t[:, None]
+    if clean is not None:
+        noisy &= ~clean
     xt = torch.where(noisy, torch.randint(0, V, (B, C), generator=gen), x0)
     sc_mask = torch.rand(B, generator=gen) < a.sc_prob
     sc_logits = None
@@ -227,7 +236,11 @@ def train_step(model, codec, batch, a, gen):
     else:
         sc_mask = None
     logits = decode(model, cache, am, lens, xt, sc_logits, sc_mask)
-    diff_loss = F.cross_entropy(logits.reshape(-1, V), x0.reshape(-1))
+    if loss_mask is None:
+        diff_loss = F.cross_entropy(logits.reshape(-1, V), x0.reshape(-1))
+    else:
+        diff_loss = F.cross_entropy(logits.reshape(-1, V), x0.masked_fill(~loss_mask, -100).reshape(-1),
+                                    ignore_index=-100)
     loss = diff_loss + a.ar_weight * ar_loss
     return loss, diff_loss.detach(), ar_loss.detach()
 
