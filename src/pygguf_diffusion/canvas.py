@@ -27,6 +27,8 @@ from typing import Any
 
 import numpy as np
 
+from ._defaults import INT32_MAX
+
 DEFAULT_HOLE_TOKENS = 8
 _PLACEHOLDER = re.compile(r"\{\{|\}\}|\{(:(\d*))?\}|\{|\}")
 
@@ -144,3 +146,33 @@ def hole_texts(tokens: Sequence[int], spec: CanvasSpec, decode: Callable[[list[i
     """The text the model wrote into each hole (padding it wrote there dropped by `decode`); a hole the
     answer did not reach (an earlier end of turn, max_new_tokens) is cut where the answer ends."""
     return [decode(list(tokens[a:b])) for a, b in spec.holes]
+
+
+def check_hole_tokens(n: Any) -> int:
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or not 1 <= n <= INT32_MAX:
+        raise ValueError(f"hole_tokens must be an integer >= 1, got {n!r}")
+    return int(n)
+
+
+def build_spec(tok: Any, *, template: Any, canvas: Any, frozen: Any, hole_tokens: Any, canvas_length: int,
+               n_ctx: int, n_vocab: int) -> CanvasSpec | None:
+    """The spec of Model.stream_generate's canvas keywords (None: none given), checked: ValueError or
+    TypeError naming the problem. `tok`: the model's GemmaTokenizer."""
+    hole_tokens = check_hole_tokens(DEFAULT_HOLE_TOKENS if hole_tokens is None else hole_tokens)
+    if template is not None:
+        if canvas is not None or frozen is not None:
+            raise ValueError("pass either template= or canvas= (and frozen=), not both")
+        end = tok.tokenizer.token_to_id("<turn|>")
+        end = end if end is not None else tok.eos_id
+        return template_spec(template, tok.encode, hole_tokens=hole_tokens, end_id=end,
+                             pad_id=tok.pad_id if tok.pad_id >= 0 else end, canvas_length=canvas_length,
+                             max_width=n_ctx)
+    if canvas is None:
+        if frozen is not None:
+            raise ValueError("frozen= needs canvas= (the token ids it fixes)")
+        return None
+    if isinstance(canvas, str):
+        if frozen is not None:
+            raise ValueError("frozen= needs canvas= as token ids (one flag per position), not text")
+        return warm_spec(tok.encode(canvas))
+    return explicit_spec(canvas, frozen, n_vocab)

@@ -20,7 +20,7 @@ from ._generation import _LIVE, _Claim, _Generation
 from ._placement import KV_TYPES, check_overrides, check_rpc_servers
 from ._signals import sigint_held
 from ._stops import StopScanner, check_stops
-from .canvas import DEFAULT_HOLE_TOKENS, CanvasSpec, escape, explicit_spec, hole_texts, template_spec, warm_spec
+from .canvas import DEFAULT_HOLE_TOKENS, CanvasSpec, build_spec, check_hole_tokens, escape, hole_texts
 from .chat import fit_prompt, render_chat
 from .tokenizer import GemmaTokenizer
 from .types import CommitEvent, DraftEvent, Event, GenerationResult, GenerationStats
@@ -294,25 +294,9 @@ class Model:
         return tokens, settings, stops, int(seed)
 
     def _canvas_spec(self, template: Any, canvas: Any, frozen: Any, hole_tokens: Any) -> CanvasSpec | None:
-        hole_tokens = _check_hole_tokens(DEFAULT_HOLE_TOKENS if hole_tokens is None else hole_tokens)
-        tok = self.tokenizer
-        if template is not None:
-            if canvas is not None or frozen is not None:
-                raise ValueError("pass either template= or canvas= (and frozen=), not both")
-            end = tok.tokenizer.token_to_id("<turn|>")
-            end = end if end is not None else tok.eos_id
-            return template_spec(template, tok.encode, hole_tokens=hole_tokens, end_id=end,
-                                 pad_id=tok.pad_id if tok.pad_id >= 0 else end, canvas_length=self.canvas_length,
-                                 max_width=self.n_ctx)
-        if canvas is None:
-            if frozen is not None:
-                raise ValueError("frozen= needs canvas= (the token ids it fixes)")
-            return None
-        if isinstance(canvas, str):
-            if frozen is not None:
-                raise ValueError("frozen= needs canvas= as token ids (one flag per position), not text")
-            return warm_spec(tok.encode(canvas))
-        return explicit_spec(canvas, frozen, int(self.info["hparams"]["n_vocab"]))
+        return build_spec(self.tokenizer, template=template, canvas=canvas, frozen=frozen, hole_tokens=hole_tokens,
+                          canvas_length=self.canvas_length, n_ctx=self.n_ctx,
+                          n_vocab=int(self.info["hparams"]["n_vocab"]))
 
     def infill(self, prefix: str, suffix: str, *, prompt: str | Sequence[int],
                hole_tokens: int = DEFAULT_HOLE_TOKENS, **kwargs: Any) -> GenerationResult:
@@ -323,7 +307,7 @@ class Model:
         for name, v in (("prefix", prefix), ("suffix", suffix)):
             if not isinstance(v, str):
                 raise TypeError(f"infill: {name} must be a str, got {type(v).__name__}")
-        n = _check_hole_tokens(hole_tokens)
+        n = check_hole_tokens(hole_tokens)
         template = f"{escape(prefix)}{{:{n}}}{escape(suffix)}"
         r = self.generate(prompt, template=template, **kwargs)
         a, b = self._canvas_spec(template, None, None, n).holes[0]
@@ -567,12 +551,6 @@ def _check_seed(seed: Any) -> None:
 _CANVAS_KEYWORDS = ("template", "canvas", "frozen", "hole_tokens")
 _SETTINGS = ("max_new_tokens", "max_denoising_steps", "entropy_bound", "t_min", "t_max", "stability_threshold",
              "confidence_threshold", "temperature", "top_k", "top_p")
-
-
-def _check_hole_tokens(n: Any) -> int:
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or not 1 <= n <= INT32_MAX:
-        raise ValueError(f"hole_tokens must be an integer >= 1, got {n!r}")
-    return int(n)
 
 
 def _check_settings(**kw: Any) -> dict[str, Any]:
