@@ -30,7 +30,8 @@ UBSAN_LIB=$(${CC:-gcc} -print-file-name=libubsan.so)
 TESTS=(tests/test_engine_api.py tests/test_loader.py tests/test_inspect_errors.py tests/test_parity.py
        tests/test_long_context.py tests/test_backend_rules.py tests/test_kv_types.py tests/test_bench.py
        tests/test_quantize.py tests/test_published_layouts.py tests/test_sampler.py tests/test_threads.py
-       tests/test_generate.py tests/test_imatrix.py tests/test_engine_thread.py)
+       tests/test_generate.py tests/test_imatrix.py tests/test_engine_thread.py tests/test_canvas_editing.py
+       tests/test_rpc.py)
 [ $# -gt 0 ] && TESTS=("$@")
 export PYTHONPATH=$PWD/$B/site
 export LD_PRELOAD="$ASAN_LIB $UBSAN_LIB"
