@@ -309,8 +309,12 @@ def test_seeds_are_uint64(model, converted):
 
 
 _PHASES = r'''
-import _thread, json, sys, threading, time
+import _thread, json, signal, sys, threading, time
 from pygguf_diffusion import CommitEvent, DraftEvent, Model
+
+# a child of a background job of a non-interactive shell can start with SIGINT ignored, and interrupt_main()
+# then does nothing; Ctrl-C semantics are what is tested here, whatever the parent left
+signal.signal(signal.SIGINT, signal.default_int_handler)
 
 path = sys.argv[1]
 SHORT = dict(max_new_tokens=12, max_denoising_steps=4, seed=3)
