@@ -147,7 +147,7 @@ generate_result generate(context & ctx, const int32_t * prompt, int32_t n_prompt
             fixed[i] = frozen ? init : -1;
             if (!frozen) free_rows.push_back(i);
         }
-        if (free_rows.size() < (size_t) C) std::copy(x.begin(), x.end(), argmax.begin());
+        if (free_rows.empty()) argmax = x;   // no step runs: the canvas commits its fixed tokens
         stop.reset();
         int32_t steps = 0;
         const auto t_canvas = clock_t_::now();
@@ -169,18 +169,15 @@ generate_result generate(context & ctx, const int32_t * prompt, int32_t n_prompt
 
             const size_t off = ((size_t) canvas * N + (size_t) (N - k)) * C;
             if (forced) std::copy(p.forced_sampled + off, p.forced_sampled + off + C, sample.begin());
-            if (free_rows.size() == (size_t) C) {
-                accept_by_entropy(entropy.data(), C, s.bound, accept);
-            } else {
-                // fixed rows: always accepted, their token, outside the budget and the mean entropy
-                free_entropy.resize(free_rows.size());
-                for (size_t j = 0; j < free_rows.size(); j++) free_entropy[j] = entropy[free_rows[j]];
-                accept_by_entropy(free_entropy.data(), (int) free_rows.size(), s.bound, free_accept);
-                accept.assign(C, 1);
-                for (size_t j = 0; j < free_rows.size(); j++) accept[free_rows[j]] = free_accept[j];
-                for (int32_t i = 0; i < C; i++) {
-                    if (fixed[i] >= 0) { sample[i] = argmax[i] = fixed[i]; entropy[i] = 0.0f; }
-                }
+            // the budget is spent on the free rows (all of them without canvas editing), in row order;
+            // fixed rows are accepted with their own token and entropy 0
+            free_entropy.resize(free_rows.size());
+            for (size_t j = 0; j < free_rows.size(); j++) free_entropy[j] = entropy[free_rows[j]];
+            accept_by_entropy(free_entropy.data(), (int) free_rows.size(), s.bound, free_accept);
+            accept.assign(C, 1);
+            for (size_t j = 0; j < free_rows.size(); j++) accept[free_rows[j]] = free_accept[j];
+            for (int32_t i = 0; i < C; i++) {
+                if (fixed[i] >= 0) { sample[i] = argmax[i] = fixed[i]; entropy[i] = 0.0f; }
             }
             for (int32_t i = 0; i < C; i++) noise[i] = forced ? p.forced_noise[off + i] : r.below(V);
             // accepted positions take the SAMPLED token, the others fresh noise (no freezing)

@@ -1,6 +1,7 @@
 // ggml's RPC backend, both sides: devices of remote servers for a model (client), and serving this
 // machine's device to others (rpc_serve). The protocol and transport are ggml's own (ggml-rpc.h).
 #include "dgemma.h"
+#include "dgemma-model.h"
 #include "dgemma-rpc.h"
 
 #include "ggml-backend.h"
@@ -111,14 +112,8 @@ void rpc_serve(const std::string & endpoint, const std::string & device, int n_t
     split_endpoint(endpoint);   // the syntax, before ggml (which only prints a complaint)
     ggml_backend_dev_t dev = nullptr;
     if (device.empty()) {
-        for (size_t i = 0; i < ggml_backend_dev_count() && !dev; i++) {
-            ggml_backend_dev_t d = ggml_backend_dev_get(i);
-            const auto t = ggml_backend_dev_type(d);
-            if (t == GGML_BACKEND_DEVICE_TYPE_GPU || t == GGML_BACKEND_DEVICE_TYPE_IGPU) {
-                // an RPC device is GPU-class too: serve only a local one
-                if (std::string(ggml_backend_reg_name(ggml_backend_dev_backend_reg(d))) != "RPC") dev = d;
-            }
-        }
+        // the device a model here would use (RPC servers a client adds are not in the global registry)
+        dev = gpu_device();
         if (!dev) dev = ggml_backend_dev_by_type(GGML_BACKEND_DEVICE_TYPE_CPU);
     } else {
         dev = ggml_backend_dev_by_name(device.c_str());
