@@ -54,9 +54,7 @@ def sets(n: int) -> dict[str, dict[str, list[tuple[str, str, dict]]]]:
     easy = T.held_out("sudoku", n, TEST_SEED)
     out["sudoku 4-8"] = {
         "plain": [(q, a, {}) for q, a in easy],
-        "template": [(q, a, {"template": T.sudoku_template([int(c) if c != "." else 0
-                                                            for c in q.split(": ", 1)[1].replace(" ", "")])})
-                     for q, a in easy]}
+        "template": [(q, a, {"template": T.sudoku_template(T.sudoku_cells(q))}) for q, a in easy]}
     hard = T.sudoku_set(n, HARD_SEED, 9, 12)
     out["sudoku 9-12"] = {
         "plain": [(T.sudoku_question(p), T._fmt(g), {}) for p, g in hard],

@@ -45,7 +45,6 @@ import train_tiny as TT  # noqa: E402
 BUNDLED = HERE.parent / "src" / "pygguf_diffusion" / "models" / "tiny-diffusiongemma-F16.gguf"
 TEST_SEED = 2027  # benchmarks/tiny_accuracy.py's held-out problems
 TRAIN_EVAL_SEED = 12345  # train_tiny.py's evaluation problems
-GRID_ARR = np.array(T.GRIDS, dtype=np.int8)  # (288, 16)
 ROW_W = 5  # a sudoku answer row and its separator in the canvas: "3412 "
 
 Example = tuple[str, str, str, "list[int] | None"]  # task, question, answer, blank cells if template form
@@ -200,42 +199,23 @@ def verify_against_runtime(model: Any, path: Path, codec: T.Codec, canvas: int) 
 
 # ------------------------------------------------------------------------------------------- data
 
-def is_unique(puzzle: np.ndarray) -> bool:
-    return int(((GRID_ARR == puzzle) | (puzzle == 0)).all(1).sum()) == 1
-
-
 def sudoku_k(rng: random.Random, lo: int, hi: int) -> tuple[str, str, list[int]]:
-    """A 4x4 puzzle with k ~ U{lo..hi} blanks and a unique completion (rejection at that k): question,
-    answer, blank cells (0..15, row-major)."""
-    k = rng.randint(lo, hi)
-    while True:
-        g = GRID_ARR[rng.randrange(len(GRID_ARR))]
-        blanks = sorted(rng.sample(range(16), k))
-        p = g.copy()
-        p[blanks] = 0
-        if is_unique(p):
-            return "sudoku: " + T._fmt(p.tolist()), T._fmt(g.tolist()), blanks
+    """A 4x4 puzzle with lo..hi blanks and a unique completion: question, answer, blank cells (0..15)."""
+    p, g = T.sudoku_blanks(rng, lo, hi)
+    return T.sudoku_question(p), T._fmt(g), [i for i, c in enumerate(p) if c == 0]
 
 
 def hard_set(n: int, seed: int, lo: int = 9, hi: int = 12) -> list[tuple[str, str, list[int]]]:
-    rng = random.Random(f"hard-sudoku-{lo}-{hi}-{seed}")
-    seen: set[str] = set()
-    out = []
-    while len(out) < n:
-        q, a, b = sudoku_k(rng, lo, hi)
-        if q not in seen:
-            seen.add(q)
-            out.append((q, a, b))
-    return out
+    return [(T.sudoku_question(p), T._fmt(g), [i for i, c in enumerate(p) if c == 0])
+            for p, g in T.sudoku_set(n, seed, lo, hi, tag="hard-sudoku")]
 
 
 def blanks_of(question: str) -> list[int]:
-    cells = question.split(": ", 1)[1].replace(" ", "")
-    return [i for i, c in enumerate(cells) if c == "."]
+    return [i for i, c in enumerate(T.sudoku_cells(question)) if c == 0]
 
 
 def template_of(question: str) -> str:
-    return question.split(": ", 1)[1].replace(".", "{:1}")
+    return T.sudoku_template(T.sudoku_cells(question))
 
 
 def canvas_pos(cell: int) -> int:

@@ -188,9 +188,9 @@ def sudoku_blanks(rng: random.Random, lo: int, hi: int) -> tuple[list[int], tupl
             return puzzle, g
 
 
-def sudoku_set(n: int, seed: int, lo: int, hi: int) -> list[tuple[list[int], tuple[int, ...]]]:
+def sudoku_set(n: int, seed: int, lo: int, hi: int, tag: str = "sudoku") -> list[tuple[list[int], tuple[int, ...]]]:
     """n distinct puzzles of lo..hi blanks from their own seed (training used GRIDS at 4..8 blanks)."""
-    rng = random.Random(f"sudoku-{lo}-{hi}-{seed}")
+    rng = random.Random(f"{tag}-{lo}-{hi}-{seed}")
     seen, out = set(), []
     while len(out) < n:
         p, g = sudoku_blanks(rng, lo, hi)
@@ -202,6 +202,11 @@ def sudoku_set(n: int, seed: int, lo: int, hi: int) -> list[tuple[list[int], tup
 
 def sudoku_question(puzzle: list[int]) -> str:
     return "sudoku: " + _fmt(puzzle)
+
+
+def sudoku_cells(question: str) -> list[int]:
+    """The puzzle of a `sudoku: 3.12 .2.. ...` question, 0 for a blank."""
+    return [0 if c == "." else int(c) for c in question.split(": ", 1)[1].replace(" ", "")]
 
 
 def sudoku_template(cells: list[int]) -> str:

@@ -113,6 +113,11 @@ def escape(text: str) -> str:
     return text.replace("{", "{{").replace("}", "}}")
 
 
+def infill_template(prefix: str, suffix: str, hole_tokens: int) -> str:
+    """The template of an infill: prefix, one hole of hole_tokens positions, suffix (taken literally)."""
+    return f"{escape(prefix)}{{:{hole_tokens}}}{escape(suffix)}"
+
+
 def warm_spec(tokens: Sequence[int]) -> CanvasSpec:
     """A warm start: the canvases begin from `tokens`, every position free."""
     return CanvasSpec(init=list(tokens), frozen=[False] * len(tokens))

@@ -18,7 +18,7 @@ from ._defaults import DEFAULT_N_CTX, INT32_MAX, MAX_THREADS
 from ._live import AnswerView, LoadProgress, answer_terminal
 from ._placement import KV_TYPES, check_rpc_servers, parse_overrides
 from ._prompt import LineReader, read_message
-from .canvas import DEFAULT_HOLE_TOKENS, escape, parse_template
+from .canvas import DEFAULT_HOLE_TOKENS, infill_template, parse_template
 
 HELP = """commands:
   /exit       end the session (or Ctrl-D)
@@ -252,8 +252,7 @@ def settings(args: argparse.Namespace) -> dict[str, Any]:
     if getattr(args, "template", None) is not None:
         s.update(template=args.template, hole_tokens=args.hole_tokens)
     elif getattr(args, "infill", None):
-        prefix, suffix = args.infill
-        s["template"] = f"{escape(prefix)}{{:{args.hole_tokens}}}{escape(suffix)}"
+        s["template"] = infill_template(*args.infill, args.hole_tokens)
     elif getattr(args, "edit", None) is not None:
         s["canvas"] = args.edit
     return s

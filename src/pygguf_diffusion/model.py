@@ -20,7 +20,7 @@ from ._generation import _LIVE, _Claim, _Generation
 from ._placement import KV_TYPES, check_overrides, check_rpc_servers
 from ._signals import sigint_held
 from ._stops import StopScanner, check_stops
-from .canvas import DEFAULT_HOLE_TOKENS, CanvasSpec, build_spec, check_hole_tokens, escape, hole_texts
+from .canvas import DEFAULT_HOLE_TOKENS, CanvasSpec, build_spec, check_hole_tokens, hole_texts, infill_template
 from .chat import fit_prompt, render_chat
 from .tokenizer import GemmaTokenizer
 from .types import CommitEvent, DraftEvent, Event, GenerationResult, GenerationStats
@@ -308,7 +308,7 @@ class Model:
             if not isinstance(v, str):
                 raise TypeError(f"infill: {name} must be a str, got {type(v).__name__}")
         n = check_hole_tokens(hole_tokens)
-        template = f"{escape(prefix)}{{:{n}}}{escape(suffix)}"
+        template = infill_template(prefix, suffix, n)
         r = self.generate(prompt, template=template, **kwargs)
         a, b = self._canvas_spec(template, None, None, n).holes[0]
         return replace(r, text=r.holes[0], tokens=r.tokens[a:b])

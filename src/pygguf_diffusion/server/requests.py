@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from ..canvas import DEFAULT_HOLE_TOKENS, escape
+from ..canvas import DEFAULT_HOLE_TOKENS, infill_template
 from ..model import Model
 
 _DIFFUSION = ("max_denoising_steps", "entropy_bound", "t_min", "t_max", "stability_threshold", "confidence_threshold")
@@ -91,7 +91,7 @@ def parse(body: Any, kind: str, model: Model, defaults: dict[str, Any] | None = 
             n = settings.pop("hole_tokens", DEFAULT_HOLE_TOKENS)
             if isinstance(n, bool) or not isinstance(n, int) or n < 1:
                 raise BadRequest(f"hole_tokens must be an integer >= 1, got {n!r}", "hole_tokens")
-            settings["template"] = f"{{:{n}}}{escape(suffix)}"
+            settings["template"] = infill_template("", suffix, n)
         prompt = body.get("prompt")
         if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], (str, list)):
             prompt = prompt[0]   # a batch of one
