@@ -7,14 +7,8 @@
 #   bash benchmarks/gpu_prepare.sh [--prebuilt BUILD_DIR]
 #
 # --prebuilt also carries a module already built with CUDA for the GPU machine's Python (3.12 there), which
-# gpu_check.sh then uses instead of spending ~250 s of device time on the build. Build it here with a
-# CUDA 13 nvcc (the driver there is CUDA 13.0), for example:
-#   cmake -S . -B build/gpu312 -G Ninja -DGGML_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90 -DGGML_CUDA_GRAPHS=ON \
-#     -DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON -DDGEMMA_BUILD_PYTHON=ON \
-#     -DCMAKE_BUILD_TYPE=Release -DPython_EXECUTABLE=<a python3.12> -Dpybind11_DIR=$(python3 -m pybind11 --cmakedir)
-#   ninja -C build/gpu312 _core
-# (GGML_NATIVE=OFF: the module runs on another CPU. Linking needs cuBLAS and a libcuda.so, a stub will do:
-# the driver's own is loaded there.)
+# gpu_check.sh then uses instead of spending ~250 s of device time on the build. How to build it here (a
+# CUDA 13 nvcc, sm_90, GGML_NATIVE=OFF, Python 3.12; cuBLAS and a libcuda stub to link): docs/gpu.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 prebuilt=""
@@ -40,6 +34,6 @@ if [ -n "$prebuilt" ]; then
   mkdir -p .gpu/prebuilt && xz -T0 -9 -c "$so" >".gpu/prebuilt/$(basename "$so").xz"
   echo "$(basename "$so"), commit $(git rev-parse --short HEAD)$(git diff --quiet HEAD -- cpp CMakeLists.txt || echo '+changes'), $(date -u +%FT%TZ)" >.gpu/prebuilt/BUILT
 fi
-# the source travels compressed too (9 MB -> ~1.5 MB); gpu_check.sh unpacks it only when it must build
+# the source travels compressed too (9 MB -> 0.8 MB); gpu_check.sh unpacks it only when it must build
 tar -C .gpu -cJf .gpu/ggml.tar.xz ggml && rm -rf .gpu/ggml
 du -sh .gpu
