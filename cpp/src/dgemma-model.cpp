@@ -138,8 +138,9 @@ void model::open_devices() {
         ggml_backend_t b = ggml_backend_dev_init(dev, nullptr);
         if (!b) throw error(std::string("cannot initialise the backend of device ") + ggml_backend_dev_name(dev));
         gpus.push_back(b);
+        const bool remote = std::strcmp(ggml_backend_reg_name(ggml_backend_dev_backend_reg(dev)), "RPC") == 0;
         log_msg(LOG_INFO, "using %s %s (%s)\n",
-                ggml_backend_dev_type(dev) == GGML_BACKEND_DEVICE_TYPE_IGPU ? "integrated GPU" : "GPU",
+                remote ? "RPC device" : ggml_backend_dev_type(dev) == GGML_BACKEND_DEVICE_TYPE_IGPU ? "integrated GPU" : "GPU",
                 ggml_backend_dev_name(dev), ggml_backend_dev_description(dev));
     }
 }
