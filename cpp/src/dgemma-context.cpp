@@ -64,10 +64,13 @@ public:
         const int64_t V = m_->info.hp.n_vocab, C = m_->info.diffusion.canvas_length;
         ggml_init_params ip = { ggml_tensor_overhead() * 2, nullptr, true };
         sc_ctx_.reset(ggml_init(ip));
-        sc_state_ = ggml_new_tensor_2d(sc_ctx_.get(), GGML_TYPE_F32, V, C);
+        sc_layout_ = self_conditioning_layout(*m_);
+        sc_state_ = sc_layout_.probs
+            ? ggml_new_tensor_3d(sc_ctx_.get(), sc_layout_.type, sc_layout_.chunk, C, sc_layout_.n_chunks)
+            : ggml_new_tensor_2d(sc_ctx_.get(), GGML_TYPE_F32, V, C);
         ggml_set_name(sc_state_, "sc_state");
         sc_buf_.reset(ggml_backend_alloc_ctx_tensors(sc_ctx_.get(), m_->backend_globals));
-        if (!sc_buf_) throw error("cannot allocate the self-conditioning state (" + std::to_string(V * C * 4 >> 20) + " MiB)");
+        if (!sc_buf_) throw error("cannot allocate the self-conditioning state (" + std::to_string(ggml_nbytes(sc_state_) >> 20) + " MiB)");
         ggml_backend_buffer_clear(sc_buf_.get(), 0);
         reserve_worst_case();
     }
@@ -188,8 +191,7 @@ public:
         }
         step_input_bytes_ = 0;
         if (sp.sc == self_cond::given) {
-            ggml_backend_tensor_set(sc_state_, sp.sc_logits, 0, sizeof(float) * V * C);
-            step_input_bytes_ += sizeof(float) * V * C;
+            step_input_bytes_ += set_self_conditioning(sc_state_, sc_layout_, sp.sc_logits, V, C);
         }
         // Without self-conditioning the step multiplies softmax(sc_state) by 0, which is exactly 0 only when
         // sc_state is finite. A step's own processed logits are (finite logits over a bounded temperature);
@@ -377,6 +379,7 @@ private:
     std::unique_ptr<ggml_backend_sched, free_sched> sched_;
     std::unique_ptr<ggml_context, free_ctx> sc_ctx_;
     ggml_tensor * sc_state_ = nullptr;
+    sc_layout sc_layout_;
     std::unique_ptr<ggml_backend_buffer, free_buffer> sc_buf_;
     graph_arena arena_, dec_arena_;
     decoder_graph dec_;

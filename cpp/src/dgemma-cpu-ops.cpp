@@ -2,6 +2,8 @@
 // glibc's vectorised libmvec (<= 4 ulp). Keep this file free of anything that relies on IEEE corner cases.
 #include "dgemma-cpu-ops.h"
 
+#include "ggml-cpu.h"
+
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
@@ -52,15 +54,6 @@ void gelu_rows(ggml_tensor * dst, const ggml_tensor * a, int ith, int nth, void 
     });
 }
 
-void scale_rows(ggml_tensor * dst, const ggml_tensor * /*sc*/, const ggml_tensor * x, const ggml_tensor * t,
-                int ith, int nth, void * /*userdata*/) {
-    const float inv = 1.0f / *(const float *) t->data;
-    map_rows(dst, x, ith, nth, [inv](const float * a, float * y, int64_t n) {
-#pragma omp simd
-        for (int64_t i = 0; i < n; i++) y[i] = a[i] * inv;
-    });
-}
-
 // The categorical draw restricted by the draw settings (see draw_params in dgemma.h): weights
 // w_i = exp((x_i - max) / tau) (w = e when tau is 1), the top_k largest, then the smallest set of those
 // whose mass reaches top_p of theirs; the inverse CDF walks the kept tokens in index order, so top_k = V
@@ -106,29 +99,98 @@ int64_t restricted_draw(const float * x, int64_t V, float mx, float tau, int64_t
     return idx[(size_t) j];
 }
 
+// The first maximum: per-lane maxima (each lane keeps its first), then the lowest index among the lanes
+// that hold the overall maximum. Vectorises where the scalar compare-and-branch loop does not.
+void first_max(const float * x, int64_t V, float & mx, int64_t & am) {
+    constexpr int L = 16;
+    mx = x[0];
+    am = 0;
+    if (V < 2 * L) {
+        for (int64_t i = 1; i < V; i++) {
+            if (x[i] > mx) { mx = x[i]; am = i; }
+        }
+        return;
+    }
+    // no infinity constants: this file is compiled with -ffast-math
+    float lm[L];
+    int64_t li[L];
+    for (int j = 0; j < L; j++) { lm[j] = x[j]; li[j] = j; }
+    int64_t i = L;
+    for (; i + L <= V; i += L) {
+        for (int j = 0; j < L; j++) {
+            const bool gt = x[i + j] > lm[j];
+            lm[j] = gt ? x[i + j] : lm[j];
+            li[j] = gt ? i + j : li[j];
+        }
+    }
+    for (int j = 0; j < L; j++) {
+        if (lm[j] > mx || (lm[j] == mx && li[j] < am)) { mx = lm[j]; am = li[j]; }
+    }
+    for (; i < V; i++) {
+        if (x[i] > mx) { mx = x[i]; am = i; }
+    }
+}
+
+// The count of leading entries whose running sum (double) stays below target, V - 1 at most. Blocks whose
+// sum leaves the running total below target are skipped whole; the block that crosses is walked.
+int64_t count_below(const float * e, int64_t V, double target) {
+    constexpr int64_t B = 256;
+    double cdf = 0.0;
+    int64_t i = 0;
+    for (; i + B <= V; i += B) {
+        double bs = 0.0;
+#pragma omp simd reduction(+ : bs)
+        for (int64_t j = 0; j < B; j++) bs += e[i + j];
+        if (cdf + bs >= target) break;
+        cdf += bs;
+    }
+    while (i < V && (cdf += e[i]) < target) i++;
+    return i < V ? i : V - 1;
+}
+
+// probs' row r: p (V floats) in probs' type, chunk j of the row at (r, j).
+void store_probs(ggml_tensor * probs, int64_t r, const float * p) {
+    const int64_t K = probs->ne[0];
+    for (int64_t j = 0; j < probs->ne[2]; j++) {
+        char * dst = (char *) probs->data + r * probs->nb[1] + j * probs->nb[2];
+        const float * src = p + j * K;
+        switch (probs->type) {
+            case GGML_TYPE_F32:  std::memcpy(dst, src, sizeof(float) * K); break;
+            case GGML_TYPE_F16:  ggml_cpu_fp32_to_fp16(src, (ggml_fp16_t *) dst, K); break;
+            default:             ggml_cpu_fp32_to_bf16(src, (ggml_bf16_t *) dst, K); break;
+        }
+    }
+}
+
 void reduce_rows(ggml_tensor * dst, int ith, int nth, void * /*userdata*/) {
-    const ggml_tensor * lp = dst->src[0];
-    const ggml_tensor * u = dst->src[1];
-    const float * draw = (const float *) dst->src[2]->data;   // temperature, top_k, top_p
+    const ggml_tensor * logits = dst->src[0];
+    const float inv_t = 1.0f / *(const float *) dst->src[1]->data;
+    const ggml_tensor * u = dst->src[2];
+    const float * draw = (const float *) dst->src[3]->data;   // temperature, top_k, top_p
+    ggml_tensor * probs = dst->src[4];
     const float tau = draw[0], top_p = draw[2];
     const int64_t top_k = (int64_t) draw[1];
-    const int64_t V = lp->ne[0], C = lp->ne[1];
+    const int64_t V = logits->ne[0], C = logits->ne[1];
     const bool restricted = tau != 1.0f || (top_k > 0 && top_k < V) || top_p < 1.0f;
     int64_t r0, r1;
     thread_rows(C, ith, nth, r0, r1);
-    std::vector<float> e((size_t) V), w;
+    std::vector<float> e((size_t) V), lp, w;
     std::vector<int32_t> idx;
+    if (inv_t != 1.0f) lp.resize((size_t) V);
     if (restricted) {
         w.resize((size_t) V);
         idx.resize((size_t) V);
     }
     for (int64_t r = r0; r < r1; r++) {
-        const float * x = (const float *) ((const char *) lp->data + r * lp->nb[1]);
-        float mx = x[0];
-        int64_t am = 0;
-        for (int64_t i = 1; i < V; i++) {
-            if (x[i] > mx) { mx = x[i]; am = i; }
+        const float * x = (const float *) ((const char *) logits->data + r * logits->nb[1]);
+        if (inv_t != 1.0f) {
+#pragma omp simd
+            for (int64_t i = 0; i < V; i++) lp[(size_t) i] = x[i] * inv_t;
+            x = lp.data();
         }
+        float mx;
+        int64_t am;
+        first_max(x, V, mx, am);
 #pragma omp simd
         for (int64_t i = 0; i < V; i++) e[(size_t) i] = expf(x[i] - mx);
         double sum = 0.0, sum_ex = 0.0;
@@ -145,24 +207,27 @@ void reduce_rows(ggml_tensor * dst, int ith, int nth, void * /*userdata*/) {
         } else if (restricted) {
             sample = restricted_draw(x, V, mx, tau, top_k, top_p, ur, e, w, idx);
         } else {
-            const double target = ur * sum;
-            double cdf = 0.0;
-            int64_t below = 0;
-            while (below < V && (cdf += e[(size_t) below]) < target) below++;
-            sample = below < V ? below : V - 1;
+            sample = count_below(e.data(), V, ur * sum);
         }
         float * out = (float *) ((char *) dst->data + r * dst->nb[1]);
         out[0] = (float) am;
         out[1] = (float) entropy;
         out[2] = (float) sample;
+        // softmax(lp) as ggml's soft_max scales it: by the float reciprocal of the double sum
+        const float scale = (float) (1.0 / sum);
+#pragma omp simd
+        for (int64_t i = 0; i < V; i++) e[(size_t) i] *= scale;
+        store_probs(probs, r, e.data());
     }
 }
 
 } // namespace
 
-ggml_tensor * row_reductions_cpu(ggml_context * ctx, ggml_tensor * lp, ggml_tensor * uniforms, ggml_tensor * draw) {
-    ggml_tensor * args[3] = {lp, uniforms, draw};
-    return ggml_custom_4d(ctx, GGML_TYPE_F32, 3, lp->ne[1], 1, 1, args, 3, reduce_rows, GGML_N_TASKS_MAX, nullptr);
+ggml_tensor * row_reductions_cpu(ggml_context * ctx, ggml_tensor * logits, ggml_tensor * temperature,
+                                 ggml_tensor * uniforms, ggml_tensor * draw, ggml_tensor * probs) {
+    GGML_ASSERT(probs->ne[0] * probs->ne[2] == logits->ne[0] && probs->ne[1] == logits->ne[1]);
+    ggml_tensor * args[5] = {logits, temperature, uniforms, draw, probs};
+    return ggml_custom_4d(ctx, GGML_TYPE_F32, 3, logits->ne[1], 1, 1, args, 5, reduce_rows, GGML_N_TASKS_MAX, nullptr);
 }
 
 bool cpu_fused_ops_disabled() {
@@ -172,10 +237,6 @@ bool cpu_fused_ops_disabled() {
 
 ggml_tensor * gelu_tanh_cpu(ggml_context * ctx, ggml_tensor * x) {
     return ggml_map_custom1(ctx, x, gelu_rows, GGML_N_TASKS_MAX, nullptr);
-}
-
-ggml_tensor * scale_into_cpu(ggml_context * ctx, ggml_tensor * sc_state, ggml_tensor * logits, ggml_tensor * temperature) {
-    return ggml_map_custom3_inplace(ctx, sc_state, logits, temperature, scale_rows, GGML_N_TASKS_MAX, nullptr);
 }
 
 ggml_tensor * softcap_cpu_inplace(ggml_context * ctx, ggml_tensor * x, const float * cap) {

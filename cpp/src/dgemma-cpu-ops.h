@@ -19,16 +19,17 @@ bool cpu_fused_ops_disabled();
 // released shape on 2 cores. x may be a view (any strides); the result is contiguous.
 ggml_tensor * gelu_tanh_cpu(ggml_context * ctx, ggml_tensor * x);
 
-// sc_state = logits / temperature (temperature: F32 [1]), written in place into sc_state, which the result
-// views. One pass over the rows: ggml's DIV broadcasting a one-element divisor walks element by element
-// (~120 ms per step over 256 x 262144 logits on 2 cores), and the copy into sc_state was a second pass.
-ggml_tensor * scale_into_cpu(ggml_context * ctx, ggml_tensor * sc_state, ggml_tensor * logits, ggml_tensor * temperature);
-
-// Per-row reductions of processed logits lp [V, C] against uniforms [1, C], fused in one kernel:
-// returns [3, C] f32 rows of (argmax, entropy, inverse-CDF sample index). Argmax takes the lowest index on
-// ties; entropy = lse - sum(p * lp) with double accumulators; the sample is the count of cdf entries < u.
+// Per-row reductions of the processed logits lp = logits / temperature (logits [V, C], temperature F32
+// [1]) against uniforms [1, C], fused in one kernel: returns [3, C] f32 rows of (argmax, entropy,
+// inverse-CDF sample index). Argmax takes the lowest index on ties; entropy = lse - sum(p * lp) with double
+// accumulators; the sample is the count of cdf entries < u (the cdf summed in double).
 // draw: F32 [3] = (temperature, top_k, top_p) of the categorical draw (draw_params); the defaults
 // (1, 0, 1) draw from softmax(lp) itself, temperature 0 draws the argmax.
-ggml_tensor * row_reductions_cpu(ggml_context * ctx, ggml_tensor * lp, ggml_tensor * uniforms, ggml_tensor * draw);
+// Side effect: softmax(lp), the next step's self-conditioning input, is written into `probs` in its type
+// and chunk-major layout (sc_layout in dgemma-decoder.h), converted as ggml's matmul converts its
+// activations. The step's own self-conditioning product reads `probs` before (the logits depend on it).
+// One pass replaces three: lp written out, softmax(lp) in the next step, and the matmul's conversion.
+ggml_tensor * row_reductions_cpu(ggml_context * ctx, ggml_tensor * logits, ggml_tensor * temperature,
+                                 ggml_tensor * uniforms, ggml_tensor * draw, ggml_tensor * probs);
 
 } // namespace dgemma

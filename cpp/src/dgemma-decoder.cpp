@@ -1,14 +1,64 @@
 #include "dgemma-decoder.h"
 #include "dgemma-cpu-ops.h"
 
+#include "ggml-backend.h"
+#include "ggml-cpu.h"
+
+#include <algorithm>
 #include <cmath>
 #include <cstdlib>
+#include <cstring>
 #include <vector>
 
 namespace dgemma {
 
-bool reductions_on_cpu(const model & m) {
-    return m.backend_globals == m.backend_cpu && !cpu_fused_ops_disabled();
+sc_layout self_conditioning_layout(const model & m) {
+    const int64_t V = m.info.hp.n_vocab;
+    sc_layout l;
+    l.chunk = V;
+    if (!reductions_on_cpu(m)) return l;
+    l.probs = true;
+    l.type = m.tok_embd_t->type;
+    // slices of at most 32768 entries (a slice of both operands fits the L2/L3 caches), at least 4 where
+    // the vocabulary allows (so small test models run the sliced path), a multiple of 64 (the matmul
+    // kernels' vector widths)
+    const int64_t cap = std::min<int64_t>(32768, V / 4);
+    for (int64_t k = cap - cap % 64; k >= 64; k -= 64) {
+        if (V % k == 0) {
+            l.chunk = k;
+            break;
+        }
+    }
+    l.n_chunks = V / l.chunk;
+    return l;
+}
+
+size_t set_self_conditioning(ggml_tensor * sc_state, const sc_layout & lay, const float * logits, int64_t V, int64_t C) {
+    if (!lay.probs) {
+        ggml_backend_tensor_set(sc_state, logits, 0, sizeof(float) * V * C);
+        return sizeof(float) * V * C;
+    }
+    std::vector<uint8_t> bytes(ggml_nbytes(sc_state));
+    std::vector<float> p((size_t) V);
+    for (int64_t c = 0; c < C; c++) {
+        const float * x = logits + c * V;
+        const float mx = *std::max_element(x, x + V);
+        double sum = 0.0;
+        for (int64_t i = 0; i < V; i++) sum += (double) (p[(size_t) i] = std::exp(x[i] - mx));
+        const float scale = (float) (1.0 / sum);
+        for (float & v : p) v *= scale;
+        for (int64_t j = 0; j < lay.n_chunks; j++) {
+            uint8_t * dst = bytes.data() + c * sc_state->nb[1] + j * sc_state->nb[2];
+            const float * src = p.data() + j * lay.chunk;
+            switch (lay.type) {
+                case GGML_TYPE_F32:  std::memcpy(dst, src, sizeof(float) * lay.chunk); break;
+                case GGML_TYPE_F16:  ggml_cpu_fp32_to_fp16(src, (ggml_fp16_t *) dst, lay.chunk); break;
+                default:             ggml_cpu_fp32_to_bf16(src, (ggml_bf16_t *) dst, lay.chunk); break;
+            }
+        }
+    }
+    ggml_backend_tensor_set(sc_state, bytes.data(), 0, bytes.size());
+    return bytes.size();
 }
 
 decoder_graph build_decoder(const graph_builder & g, const kv_store & kv, ggml_tensor * sc_state, int32_t C,
@@ -60,12 +110,25 @@ decoder_graph build_decoder(const graph_builder & g, const kv_store & kv, ggml_t
     ggml_tensor * e = ggml_scale(ctx, ggml_get_rows(ctx, m.tok_embd, dg.tokens), m.embd_scale);
     // soft = softmax(S) @ E * s, as a matmul against the transposed embedding; times 0 on a canvas's first
     // step (S is then a finite placeholder, so 0 * soft is exactly 0 and the SC MLP yields exactly 0)
-    ggml_tensor * probs = ggml_soft_max(ctx, sc_state);                                   // [V, C]
-    ggml_tensor * soft = ggml_mul_mat(ctx, m.tok_embd_t, probs);                          // [H, C]
-    // a contraction over 262,144 terms: cuBLAS would accumulate an f16 operand in half precision; F32 asked
-    // keeps it in f32 (as the CPU kernel does), and f16 storage then beats bf16 (NMSE ~6e-8 against ~3e-6 for
-    // peaked softmax rows, float64 reference, measured with torch's rounding)
-    ggml_prec_set_acc(soft, GGML_PREC_F32);
+    // A contraction over the vocabulary: cuBLAS would accumulate an f16 operand in half precision; F32 asked
+    // keeps it in f32 (as the CPU kernels do), and f16 storage then beats bf16 (NMSE ~6e-8 against ~3e-6 for
+    // peaked softmax rows, float64 reference, measured with torch's rounding).
+    const sc_layout lay = self_conditioning_layout(m);
+    ggml_tensor * soft = nullptr;                                                         // [H, C]
+    if (lay.probs) {
+        // the previous step's softmax, sliced: n products [chunk, H] x [chunk, C] over views of E^T, summed
+        const int64_t H = m.tok_embd_t->ne[1];
+        ggml_tensor * et = ggml_view_3d(ctx, m.tok_embd_t, lay.chunk, H, lay.n_chunks, m.tok_embd_t->nb[1],
+                                        (size_t) lay.chunk * ggml_element_size(m.tok_embd_t), 0);
+        ggml_set_name(et, "token_embd_t");   // the weight's name in profiles and graph dumps
+        soft = ggml_mul_mat(ctx, et, sc_state);                                           // [H, C, n]
+        ggml_prec_set_acc(soft, GGML_PREC_F32);
+        if (lay.n_chunks > 1) soft = ggml_sum_rows(ctx, ggml_cont(ctx, ggml_permute(ctx, soft, 1, 2, 0, 3)));
+        soft = ggml_reshape_2d(ctx, soft, H, C);
+    } else {
+        soft = ggml_mul_mat(ctx, m.tok_embd_t, ggml_soft_max(ctx, sc_state));
+        ggml_prec_set_acc(soft, GGML_PREC_F32);
+    }
     soft = ggml_mul(ctx, ggml_scale(ctx, soft, m.embd_scale), dg.sc_on);
     ggml_tensor * sc = g.mlp(g.rms(soft, m.sc_pre_norm), m.sc_gate, m.sc_up, m.sc_down);
     // the unweighted post-norm runs on every step, the first included
@@ -108,16 +171,16 @@ decoder_graph build_decoder(const graph_builder & g, const kv_store & kv, ggml_t
     // ties), the entropy of softmax(lp), and an inverse-CDF categorical sample against one uniform per
     // row. On the CPU one fused kernel; elsewhere ggml ops: entropy = lse - sum(p * lp) with
     // lse = max - log(p[argmax]), sample = count of cdf entries below u.
-    ggml_tensor * lp = nullptr;
     if (reductions_on_cpu(m)) {
-        // lp = logits / temperature written straight into sc_state (one pass, no DIV node, no copy); every
-        // read of sc_state (the self-conditioning softmax) comes earlier: the logits depend on it
-        lp = g.name(scale_into_cpu(ctx, sc_state, dg.logits, dg.temperature), "processed_logits");
-        dg.reduced = g.name(row_reductions_cpu(ctx, lp, dg.uniforms, dg.draw), "row_reductions");
+        // lp = logits / temperature is formed row by row inside the kernel, which also leaves softmax(lp) in
+        // sc_state for the next step: every read of sc_state (the self-conditioning product) comes earlier,
+        // since the logits depend on it
+        dg.reduced = g.name(row_reductions_cpu(ctx, dg.logits, dg.temperature, dg.uniforms, dg.draw, sc_state),
+                            "row_reductions");
         ggml_set_output(dg.reduced);
         ggml_build_forward_expand(dg.gf, dg.reduced);
     } else {
-        lp = g.name(ggml_div(ctx, dg.logits, dg.temperature), "processed_logits");
+        ggml_tensor * lp = g.name(ggml_div(ctx, dg.logits, dg.temperature), "processed_logits");
         // ggml_argmax promises a maximum, not the lowest index among equal maxima (CUDA's reduction returns
         // any): the lowest is the number of entries before the first maximum, counted exactly in floats
         ggml_tensor * any_max = ggml_argmax(ctx, lp);

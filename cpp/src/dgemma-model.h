@@ -92,4 +92,10 @@ private:
     size_t map_size_ = 0;
 };
 
+// Whether the output layer's vocabulary-wide work takes the fused CPU kernels: the per-row reductions
+// (and the draw restrictions top_k / top_p), the self-conditioning state as probabilities (sc_layout) and
+// a BF16 transposed embedding for quantized embeddings. True when the output layer is on the CPU and
+// DGEMMA_GENERIC_REDUCTIONS is unset (tests, debugging: the backend-independent ops a GPU runs).
+bool reductions_on_cpu(const model & m);
+
 } // namespace dgemma
