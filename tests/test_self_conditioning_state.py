@@ -1,0 +1,64 @@
+"""The self-conditioning state between decoder steps on the CPU path: the previous step's softmax, left by
+the fused row reductions in the transposed embedding's type and in slices of the vocabulary
+(dgemma-decoder.h, sc_layout), against the generic path (processed logits in f32, softmax in the next
+step: what a GPU runs)."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from pygguf_diffusion.bundled import bundled_model_path
+from pygguf_diffusion.quant.requantize import requantize
+from reduction_paths import run_both_reduction_paths
+
+BUNDLED = bundled_model_path()
+
+F32, F16, BF16 = 0, 1, 30   # ggml type ids
+
+# the embedding's stored type -> the transposed copy and state type on the CPU path, and the bound on the
+# NMSE between the two paths' self-conditioned logits. The generic path rounds the f32 softmax to the
+# copy's type inside its matmul, as the fused kernel does when it stores it; the paths differ by the
+# slicing, exp implementations, the fused gelu / softcap, and for q4_0 the copy's type (BF16 / F16).
+# (measured: 1.2e-14, 4.2e-8, 3.7e-15, 1.0e-6)
+CASES = [("f32", F32, 1e-12), ("bf16", BF16, 1e-6), ("q8_0", F16, 1e-12), ("q4_0", BF16, 2e-5)]
+
+
+@pytest.mark.skipif(BUNDLED is None, reason="the bundled model is not in this checkout")
+@pytest.mark.parametrize("outtype,state_type,bound", CASES, ids=[c[0] for c in CASES])
+def test_state_type_slices_and_agreement_with_the_generic_path(tmp_path, outtype, state_type, bound):
+    # the trained bundled model: a random one amplifies any rounding difference chaotically
+    path = tmp_path / f"m-{outtype}.gguf"
+    requantize(BUNDLED, path, outtype)
+    code = f"""
+import json, numpy as np
+from pygguf_diffusion import _core
+m = _core.Model({str(path)!r}, 0, False)
+ctx = _core.Context(m, 128, 64, 2)
+C, V = ctx.canvas_length, m.info()["hparams"]["n_vocab"]
+ctx.encode(np.arange(2, 30, dtype=np.int32))
+canvas = (np.arange(C, dtype=np.int32) * 37 + 5) % V
+ctx.decode_step(canvas, None, 0.7, False)
+logits = np.array(ctx.decode_step(canvas, "previous", 0.7, True))
+sc = [n for n in ctx.last_graph() if n["op"] == "MUL_MAT" and n["src"][0]["name"] == "token_embd_t"][0]
+np.save({str(path) + "."!r} + __import__("os").environ.get("DGEMMA_GENERIC_REDUCTIONS", "fused") + ".npy", logits)
+print(json.dumps({{"w": sc["src"][0]["type"], "s": sc["src"][1]["type"], "s_ne": sc["src"][1]["ne"],
+                  "sc_bytes": ctx.memory()["sc_bytes"], "C": C, "V": V}}))
+"""
+    fused, generic = (json.loads(out[-1]) for out in run_both_reduction_paths(code))
+    C, V = fused["C"], fused["V"]
+    # fused: the softmax in the copy's type, 4 slices of V / 4 (a multiple of 64), [chunk, C, slices]
+    assert (fused["w"], fused["s"]) == (state_type, state_type)
+    assert fused["s_ne"] == [V // 4, C, 4, 1] and V // 4 % 64 == 0
+    assert fused["sc_bytes"] == V * C * (4 if state_type == F32 else 2)
+    # generic: processed logits in f32, one product over the whole vocabulary; a quantized embedding
+    # copied as F16 there
+    assert generic["s"] == F32 and generic["s_ne"] == [V, C, 1, 1]
+    assert generic["w"] == (F16 if outtype in ("q8_0", "q4_0") else state_type)
+    assert generic["sc_bytes"] == 4 * V * C
+    a = np.load(f"{path}.fused.npy").astype(np.float64)
+    b = np.load(f"{path}.1.npy").astype(np.float64)
+    nmse = ((a - b) ** 2).sum() / (b ** 2).sum()
+    assert nmse < bound, nmse
+    assert np.mean(a.argmax(-1) == b.argmax(-1)) >= 0.99
