@@ -4,6 +4,7 @@ decoder's logits and a whole generation equal the local run. Unreachable servers
 clear errors, never ggml's abort."""
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -124,3 +125,36 @@ def test_the_server_refuses_a_port_in_use_and_bad_options(servers):
     r = subprocess.run([*SERVER, "--device", "NOPE", "--port", str(_free_port())], capture_output=True, text=True,
                        timeout=30)
     assert r.returncode == 1 and "no device 'NOPE'" in r.stderr
+
+
+def test_weights_split_over_buffers_of_the_devices_maximum_size(servers, converted):
+    # A device's largest buffer (Metal's maxBufferLength) may be smaller than its share of the weights: they
+    # are copied into several buffers, none larger, and the logits stay those of the local run.
+    path = str(converted("spec9", "f32"))
+    cap = 256 * 1024
+    env = {**os.environ, "DGEMMA_GENERIC_REDUCTIONS": "1", "DGEMMA_MAX_WEIGHT_BUFFER": str(cap)}
+    r = subprocess.run([sys.executable, "-c", LOGITS, path, servers[0]], capture_output=True, text=True,
+                       timeout=120, env=env)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split()[0] == "True", r.stdout
+    placement = subprocess.run(
+        [sys.executable, "-c", "import json, sys; from pygguf_diffusion import _core; "
+         "print(json.dumps(_core.Model(sys.argv[1], -1, rpc_servers=[sys.argv[2]]).placement()))", path, servers[0]],
+        capture_output=True, text=True, timeout=120, env=env)
+    assert placement.returncode == 0, placement.stderr
+    where = json.loads(placement.stdout)
+    from gguf import GGUFReader
+
+    size = {t.name: int(t.n_bytes) for t in GGUFReader(path).tensors}
+    per_buffer: dict[str, int] = {}
+    for name, buf in where.items():
+        per_buffer[buf] = per_buffer.get(buf, 0) + size[name]
+    remote = {b: n for b, n in per_buffer.items() if b.startswith("RPC")}
+    assert len(remote) > 3 and all(" #" in b for b in remote), remote
+    assert all(n <= cap for n in remote.values()), remote   # data bytes; the allocations are padded within the cap
+
+    # a tensor larger than the maximum is an error naming it and the way out
+    r = subprocess.run([sys.executable, "-c", "import sys; from pygguf_diffusion import _core; "
+                        "_core.Model(sys.argv[1], -1, rpc_servers=[sys.argv[2]])", path, servers[0]],
+                       capture_output=True, text=True, timeout=120, env={**env, "DGEMMA_MAX_WEIGHT_BUFFER": "4096"})
+    assert r.returncode != 0 and "largest buffer" in r.stderr and "=CPU'" in r.stderr, r.stderr

@@ -196,11 +196,12 @@ struct op_time {
 };
 
 // Loads and checks a GGUF (as inspect_gguf) and places its weights. On the CPU the weights are used
-// straight from the memory-mapped file. Throws dgemma::error.
+// straight from the memory-mapped file, as on a device that can wrap host memory (Metal); others get copies
+// in buffers of at most their maximum buffer size. Throws dgemma::error.
 std::shared_ptr<model> load_model(const std::string & path, const model_params & params);
 const model_info & get_model_info(const model & m);
-// Where each weight tensor lives: (GGUF tensor name, ggml buffer name: "CPU" for the mapping, "CUDA0", ...),
-// in file order.
+// Where each weight tensor lives: (GGUF tensor name, ggml buffer name: "CPU" for the mapping, "CUDA0", ...;
+// "NAME #k" where a device's weights span several buffers), in file order.
 std::vector<std::pair<std::string, std::string>> get_weight_placement(const model & m);
 
 enum class self_cond {

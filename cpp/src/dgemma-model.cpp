@@ -9,8 +9,11 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <fstream>
+#include <map>
 #include <regex>
 
 #if !defined(_WIN32)
@@ -275,7 +278,6 @@ void model::place_weights() {
     bufs_.push_back(cpu_buf);
 
     std::vector<std::vector<ggml_tensor *>> on_gpu(gpus.size());   // per device, in file order
-    std::vector<size_t> sizes(gpus.size(), 0);
     size_t total = 0;
     for (const tensor_info & ti : info.tensors) {
         ggml_tensor * t = ggml_get_tensor(file_->tensor_meta(), ti.name.c_str());
@@ -286,28 +288,98 @@ void model::place_weights() {
             }
             continue;
         }
-        const size_t k = (size_t) (std::find(gpus.begin(), gpus.end(), b) - gpus.begin());
-        ggml_backend_buffer_type_t buft = ggml_backend_get_default_buffer_type(b);
-        on_gpu[k].push_back(t);
-        sizes[k] += GGML_PAD(ggml_backend_buft_get_alloc_size(buft, t), ggml_backend_buft_get_alignment(buft));
+        on_gpu[(size_t) (std::find(gpus.begin(), gpus.end(), b) - gpus.begin())].push_back(t);
         total += ggml_nbytes(t);
     }
     size_t done = 0;
     for (size_t k = 0; k < gpus.size(); k++) {
         if (on_gpu[k].empty()) continue;
-        ggml_backend_buffer_t buf = ggml_backend_buft_alloc_buffer(ggml_backend_get_default_buffer_type(gpus[k]), sizes[k]);
-        if (!buf) throw error(info.path + ": cannot allocate " + std::to_string(sizes[k] >> 20) + " MiB on " +
-                              ggml_backend_name(gpus[k]) + "; lower n_gpu_layers or use cpu_moe");
-        ggml_backend_buffer_set_usage(buf, GGML_BACKEND_BUFFER_USAGE_WEIGHTS);
-        bufs_.push_back(buf);
-        ggml_tallocr ta = ggml_tallocr_new(buf);
-        for (ggml_tensor * t : on_gpu[k]) {
-            ggml_tallocr_alloc(&ta, t);
-            ggml_backend_tensor_set(t, (const char *) map_ + file_offset(t->name), 0, ggml_nbytes(t));
-            done += ggml_nbytes(t);
+        if (map_on_device(gpus[k], on_gpu[k])) {
+            for (ggml_tensor * t : on_gpu[k]) done += ggml_nbytes(t);
             report_progress(0.5f * (float) done / (float) total);
+            continue;
+        }
+        for (const auto & group : weight_buffer_groups(gpus[k], on_gpu[k])) {
+            ggml_backend_buffer_type_t buft = ggml_backend_get_default_buffer_type(gpus[k]);
+            size_t size = 0;
+            for (ggml_tensor * t : group) size += GGML_PAD(ggml_backend_buft_get_alloc_size(buft, t), ggml_backend_buft_get_alignment(buft));
+            ggml_backend_buffer_t buf = ggml_backend_buft_alloc_buffer(buft, size);
+            if (!buf) throw error(info.path + ": cannot allocate " + std::to_string(size >> 20) + " MiB on " +
+                                  ggml_backend_name(gpus[k]) + "; lower n_gpu_layers or use cpu_moe");
+            ggml_backend_buffer_set_usage(buf, GGML_BACKEND_BUFFER_USAGE_WEIGHTS);
+            bufs_.push_back(buf);
+            ggml_tallocr ta = ggml_tallocr_new(buf);
+            for (ggml_tensor * t : group) {
+                ggml_tallocr_alloc(&ta, t);
+                ggml_backend_tensor_set(t, (const char *) map_ + file_offset(t->name), 0, ggml_nbytes(t));
+                done += ggml_nbytes(t);
+                report_progress(0.5f * (float) done / (float) total);
+            }
         }
     }
+}
+
+// A device that can wrap host memory (Metal and integrated GPUs on unified memory) reads the weights
+// straight from the mapping: one buffer over the file range its tensors span, no copy (a copy would hold
+// the model twice: the page cache and the device buffer). Metal splits such a buffer into views of its
+// maximum length itself, overlapping by the largest tensor. False where the device cannot (CUDA), or
+// declines this range.
+bool model::map_on_device(ggml_backend_t backend, const std::vector<ggml_tensor *> & tensors) {
+    ggml_backend_dev_t dev = ggml_backend_get_device(backend);
+    ggml_backend_dev_props props;
+    ggml_backend_dev_get_props(dev, &props);
+    if (!props.caps.buffer_from_host_ptr) return false;
+    size_t lo = SIZE_MAX, hi = 0, largest = 0;   // file offsets: the mapping starts at offset 0
+    for (ggml_tensor * t : tensors) {
+        const size_t off = file_offset(t->name);
+        lo = std::min(lo, off);
+        hi = std::max(hi, off + ggml_nbytes(t));
+        largest = std::max(largest, ggml_nbytes(t));
+    }
+    const size_t page = (size_t) sysconf(_SC_PAGESIZE);
+    lo -= lo % page;
+    ggml_backend_buffer_t buf = ggml_backend_dev_buffer_from_host_ptr(dev, (char *) map_ + lo, hi - lo, largest);
+    if (!buf) {
+        log_msg(LOG_WARN, "%s cannot map the weights' file range; copying them\n", ggml_backend_dev_name(dev));
+        return false;
+    }
+    ggml_backend_buffer_set_usage(buf, GGML_BACKEND_BUFFER_USAGE_WEIGHTS);
+    bufs_.push_back(buf);
+    for (ggml_tensor * t : tensors) {
+        if (ggml_backend_tensor_alloc(buf, t, (char *) map_ + file_offset(t->name)) != GGML_STATUS_SUCCESS) {
+            throw error(info.path + ": cannot place tensor '" + std::string(t->name) + "' in " +
+                        ggml_backend_dev_name(dev) + "'s mapped buffer");
+        }
+    }
+    return true;
+}
+
+// The device's weights in file order, cut into runs whose allocation fits the buffer type's maximum
+// buffer size (Metal's maxBufferLength, a fraction of the machine's memory; one buffer for the experts of a
+// 26B model exceeds it). DGEMMA_MAX_WEIGHT_BUFFER (bytes) lowers the maximum, for tests.
+std::vector<std::vector<ggml_tensor *>> model::weight_buffer_groups(ggml_backend_t backend,
+                                                                   const std::vector<ggml_tensor *> & tensors) const {
+    ggml_backend_buffer_type_t buft = ggml_backend_get_default_buffer_type(backend);
+    size_t max = ggml_backend_buft_get_max_size(buft);
+    if (const char * cap = std::getenv("DGEMMA_MAX_WEIGHT_BUFFER")) max = std::min(max, (size_t) std::strtoull(cap, nullptr, 10));
+    const size_t align = ggml_backend_buft_get_alignment(buft);
+    std::vector<std::vector<ggml_tensor *>> groups(1);
+    size_t used = 0;
+    for (ggml_tensor * t : tensors) {
+        const size_t need = GGML_PAD(ggml_backend_buft_get_alloc_size(buft, t), align);
+        if (need > max) {
+            throw error(info.path + ": tensor '" + std::string(t->name) + "' (" + std::to_string(need >> 20) + " MiB) is larger than " +
+                        ggml_backend_buft_name(buft) + "'s largest buffer (" + std::to_string(max >> 20) +
+                        " MiB); keep it on the CPU with -ot '" + std::string(t->name) + "=CPU'");
+        }
+        if (used + need > max && !groups.back().empty()) {
+            groups.emplace_back();
+            used = 0;
+        }
+        groups.back().push_back(t);
+        used += need;
+    }
+    return groups;
 }
 
 uint64_t model::file_offset(const std::string & name) const {
@@ -397,10 +469,19 @@ std::shared_ptr<model> load_model(const std::string & path, const model_params &
 const model_info & get_model_info(const model & m) { return m.info; }
 
 std::vector<std::pair<std::string, std::string>> get_weight_placement(const model & m) {
+    // a device whose weights span several buffers (its maximum buffer size): "NAME #k", k from 0 in load order
+    std::map<ggml_backend_buffer_t, int> index;
+    std::map<std::string, int> count;
+    for (const tensor_info & ti : m.info.tensors) {
+        const ggml_tensor * t = ggml_get_tensor(m.file().tensor_meta(), ti.name.c_str());
+        if (t && t->buffer && !index.count(t->buffer)) index[t->buffer] = count[ggml_backend_buffer_name(t->buffer)]++;
+    }
     std::vector<std::pair<std::string, std::string>> out;
     for (const tensor_info & ti : m.info.tensors) {
         const ggml_tensor * t = ggml_get_tensor(m.file().tensor_meta(), ti.name.c_str());
-        out.emplace_back(ti.name, t && t->buffer ? ggml_backend_buffer_name(t->buffer) : "");
+        std::string where = t && t->buffer ? ggml_backend_buffer_name(t->buffer) : "";
+        if (!where.empty() && count[where] > 1) where += " #" + std::to_string(index[t->buffer]);
+        out.emplace_back(ti.name, where);
     }
     return out;
 }

@@ -74,6 +74,9 @@ private:
     void release();                    // frees everything load() acquired (also after a failed load)
     void map_file(const std::string & path);
     void place_weights();
+    bool map_on_device(ggml_backend_t backend, const std::vector<ggml_tensor *> & tensors);
+    std::vector<std::vector<ggml_tensor *>> weight_buffer_groups(ggml_backend_t backend,
+                                                                 const std::vector<ggml_tensor *> & tensors) const;
     void open_devices();
     // Where layer il's weights go (il = -1: the global tensors): its GPU, or the CPU.
     ggml_backend_t layer_backend(int il) const;
