@@ -4,11 +4,13 @@ and what fits a GPU of a given size with the offload controls (-ngl, --cpu-moe, 
 
     python benchmarks/memory_table.py MODEL.gguf [--ctx 8192,32768,131072] [--kv f32,f16,q8_0] [--json out]
 
-Per context the engine reports its KV store, self-conditioning state (n_vocab x canvas f32) and the
-compute buffers it reserves at creation for its largest graphs (a full encoder batch and a decoder step at
-the end of the store). Weights come from the file's tensor table; the transposed embedding (self-
-conditioning: n_vocab x hidden, f16 for quantized embeddings) is computed. On a GPU the KV store, state,
-transposed embedding and the layers' weights live on the device; the compute buffers are the CPU
+Per context the engine reports its KV store, self-conditioning state and the compute buffers it reserves
+at creation for its largest graphs (a full encoder batch and a decoder step at the end of the store).
+The state measured here is the CPU path's (the softmax in the transposed embedding's type); a GPU keeps
+the processed logits, n_vocab x canvas f32, which the GPU column counts. Weights come from the file's
+tensor table; the transposed embedding (self-conditioning: n_vocab x hidden, 2 bytes for 16-bit and
+quantized embeddings) is computed. On a GPU the KV store, state, transposed embedding and the layers'
+weights live on the device; the compute buffers are the CPU
 backend's, an estimate of CUDA's (its kernels need no larger intermediates; it keeps ~0.5 GiB for its own
 context, counted below as overhead).
 """
@@ -67,18 +69,20 @@ def main() -> int:
             mem = ctx.memory()
             del ctx
             rows.append({"n_ctx": n_ctx, "kv_type": kv, "kv": mem["kv_bytes"], "sc": mem["sc_bytes"],
+                         "sc_gpu": 4 * hp["n_vocab"] * info["diffusion"]["canvas_length"],
                          "compute": mem["compute_bytes"]})
             print(json.dumps(rows[-1]), flush=True)
 
     print(f"\nweights: globals {w['globals'] / GIB:.2f} GiB (of which the embedding {emb['nbytes'] / GIB:.2f}), "
           f"layers without experts {w['layers'] / GIB:.2f} GiB, experts {w['experts'] / GIB:.2f} GiB; "
           f"transposed embedding {w['token_embd_t'] / GIB:.2f} GiB")
-    print("\n| n_ctx | KV type | KV store | sc state | compute | all on the GPU | fits 16 GB | fits 24 GB | fits 32 GB |")
+    print("\n| n_ctx | KV type | KV store | sc state (CPU / GPU) | compute | all on the GPU | fits 16 GB | fits 24 GB | "
+          "fits 32 GB |")
     print("|---|---|---|---|---|---|---|---|---|")
     n_layer = hp["n_layer"]
     per_exp = [w["experts_per_layer"].get(i, 0) for i in range(n_layer)]
     for r in rows:
-        fixed = w["globals"] + w["layers"] + w["token_embd_t"] + r["kv"] + r["sc"] + r["compute"] + CUDA_OVERHEAD
+        fixed = w["globals"] + w["layers"] + w["token_embd_t"] + r["kv"] + r["sc_gpu"] + r["compute"] + CUDA_OVERHEAD
         total = fixed + w["experts"]
         fits = []
         for gb in (int(x) for x in args.cards.split(",")):
@@ -95,7 +99,7 @@ def main() -> int:
                         ("--cpu-moe" if fixed <= cap else "no"))
         r["gpu_total"] = total
         r["fits"] = fits
-        print(f"| {r['n_ctx']} | {r['kv_type']} | {r['kv'] / GIB:.2f} GiB | {r['sc'] / GIB:.2f} GiB | "
+        print(f"| {r['n_ctx']} | {r['kv_type']} | {r['kv'] / GIB:.2f} GiB | {r['sc'] / GIB:.2f} / {r['sc_gpu'] / GIB:.2f} GiB | "
               f"{r['compute'] / GIB:.2f} GiB | {total / GIB:.1f} GiB | " + " | ".join(fits) + " |")
     if args.json:
         args.json.write_text(json.dumps({"weights": {k: v for k, v in w.items() if k != "experts_per_layer"},
