@@ -35,8 +35,9 @@ def servers():
     procs, ports = [], []
     for _ in range(2):
         port = _free_port()
-        procs.append(subprocess.Popen([*SERVER, "--port", str(port), "-t", "1"], stdout=subprocess.PIPE,
-                                      stderr=subprocess.STDOUT, text=True))
+        # the CPU even where a GPU is present (the GPU check): the logits are compared bit for bit
+        procs.append(subprocess.Popen([*SERVER, "--port", str(port), "-t", "1", "-d", "CPU"],
+                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
         ports.append(port)
     end = time.monotonic() + 30
     while not all(_listening(p) for p in ports):
