@@ -31,7 +31,7 @@ TESTS=(tests/test_engine_api.py tests/test_loader.py tests/test_inspect_errors.p
        tests/test_long_context.py tests/test_backend_rules.py tests/test_kv_types.py tests/test_bench.py
        tests/test_quantize.py tests/test_published_layouts.py tests/test_sampler.py tests/test_threads.py
        tests/test_generate.py tests/test_imatrix.py tests/test_engine_thread.py tests/test_canvas_editing.py
-       tests/test_rpc.py)
+       tests/test_rpc.py tests/test_self_conditioning_state.py)
 [ $# -gt 0 ] && TESTS=("$@")
 export PYTHONPATH=$PWD/$B/site
 export LD_PRELOAD="$ASAN_LIB $UBSAN_LIB"
@@ -42,7 +42,9 @@ export ASAN_OPTIONS=detect_leaks=0:halt_on_error=1:abort_on_error=1:allocator_ma
 export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1:log_path=$R/ubsan:suppressions=$PWD/tools/ubsan.supp
 python3 -c "import pygguf_diffusion._core as c, sys; assert 'asan' in c.__file__, c.__file__; print('sanitized _core:', c.__file__)"
 rc=0
-python3 -m pytest -q -p no:cacheprovider -o addopts="--strict-markers" "${TESTS[@]}" || rc=$?
+# the q2_k accuracy test scores 6000 generations: engine paths the other tests already cover, at ASan's speed
+python3 -m pytest -q -p no:cacheprovider -o addopts="--strict-markers" "${TESTS[@]}" \
+  --deselect tests/test_imatrix.py::test_the_matrix_raises_q2_k_task_accuracy || rc=$?
 if ls "$R"/* >/dev/null 2>&1; then
   echo "sanitizer reports:"; cat "$R"/*; exit 1
 fi
