@@ -329,15 +329,19 @@ bool model::map_on_device(ggml_backend_t backend, const std::vector<ggml_tensor 
     ggml_backend_dev_props props;
     ggml_backend_dev_get_props(dev, &props);
     if (!props.caps.buffer_from_host_ptr) return false;
-    size_t lo = SIZE_MAX, hi = 0, largest = 0;   // file offsets: the mapping starts at offset 0
+    // file offsets (the mapping starts at offset 0); a tensor's extent is its allocation size on the device,
+    // which ggml_backend_tensor_alloc checks against the buffer's end
+    ggml_backend_buffer_type_t buft = ggml_backend_get_default_buffer_type(backend);
+    size_t lo = SIZE_MAX, hi = 0, largest = 0;
     for (ggml_tensor * t : tensors) {
         const size_t off = file_offset(t->name);
         lo = std::min(lo, off);
-        hi = std::max(hi, off + ggml_nbytes(t));
+        hi = std::max(hi, off + ggml_backend_buft_get_alloc_size(buft, t));
         largest = std::max(largest, ggml_nbytes(t));
     }
     const size_t page = (size_t) sysconf(_SC_PAGESIZE);
     lo -= lo % page;
+    if (hi > GGML_PAD(map_size_, page)) return false;   // padding past the mapping's last page: copy instead
     ggml_backend_buffer_t buf = ggml_backend_dev_buffer_from_host_ptr(dev, (char *) map_ + lo, hi - lo, largest);
     if (!buf) {
         log_msg(LOG_WARN, "%s cannot map the weights' file range; copying them\n", ggml_backend_dev_name(dev));
