@@ -20,9 +20,10 @@ F32, F16, BF16 = 0, 1, 30   # ggml type ids
 # the embedding's stored type -> the transposed copy and state type on the CPU path, and the bound on the
 # NMSE between the two paths' self-conditioned logits. The generic path rounds the f32 softmax to the
 # copy's type inside its matmul, as the fused kernel does when it stores it; the paths differ by the
-# slicing, exp implementations, the fused gelu / softcap, and for q4_0 the copy's type (BF16 / F16).
-# (measured: 1.2e-14, 4.2e-8, 3.7e-15, 1.0e-6)
-CASES = [("f32", F32, 1e-12), ("bf16", BF16, 1e-6), ("q8_0", F16, 1e-12), ("q4_0", BF16, 2e-5)]
+# slicing, the exp implementations (an ulp in a probability can flip its 16-bit rounding), the fused gelu /
+# softcap, and for q4_0 the copy's type (BF16 / F16). Measured: f32 1.2e-14, bf16 4.2e-8, q8_0 3.7e-15
+# (4.2e-7 in the ASan build, whose exp differs), q4_0 1.0e-6; a wrong layout or type gives ~1e-1.
+CASES = [("f32", F32, 1e-12), ("bf16", BF16, 5e-6), ("q8_0", F16, 5e-6), ("q4_0", BF16, 2e-5)]
 
 
 @pytest.mark.skipif(BUNDLED is None, reason="the bundled model is not in this checkout")
