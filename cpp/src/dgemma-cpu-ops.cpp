@@ -148,20 +148,6 @@ int64_t count_below(const float * e, int64_t V, double target) {
     return i < V ? i : V - 1;
 }
 
-// probs' row r: p (V floats) in probs' type, chunk j of the row at (r, j).
-void store_probs(ggml_tensor * probs, int64_t r, const float * p) {
-    const int64_t K = probs->ne[0];
-    for (int64_t j = 0; j < probs->ne[2]; j++) {
-        char * dst = (char *) probs->data + r * probs->nb[1] + j * probs->nb[2];
-        const float * src = p + j * K;
-        switch (probs->type) {
-            case GGML_TYPE_F32:  std::memcpy(dst, src, sizeof(float) * K); break;
-            case GGML_TYPE_F16:  ggml_cpu_fp32_to_fp16(src, (ggml_fp16_t *) dst, K); break;
-            default:             ggml_cpu_fp32_to_bf16(src, (ggml_bf16_t *) dst, K); break;
-        }
-    }
-}
-
 void reduce_rows(ggml_tensor * dst, int ith, int nth, void * /*userdata*/) {
     const ggml_tensor * logits = dst->src[0];
     const float inv_t = 1.0f / *(const float *) dst->src[1]->data;
@@ -217,7 +203,7 @@ void reduce_rows(ggml_tensor * dst, int ith, int nth, void * /*userdata*/) {
         const float scale = (float) (1.0 / sum);
 #pragma omp simd
         for (int64_t i = 0; i < V; i++) e[(size_t) i] *= scale;
-        store_probs(probs, r, e.data());
+        store_softmax_row(probs, r, e.data());
     }
 }
 
@@ -228,6 +214,19 @@ ggml_tensor * row_reductions_cpu(ggml_context * ctx, ggml_tensor * logits, ggml_
     GGML_ASSERT(probs->ne[0] * probs->ne[2] == logits->ne[0] && probs->ne[1] == logits->ne[1]);
     ggml_tensor * args[5] = {logits, temperature, uniforms, draw, probs};
     return ggml_custom_4d(ctx, GGML_TYPE_F32, 3, logits->ne[1], 1, 1, args, 5, reduce_rows, GGML_N_TASKS_MAX, nullptr);
+}
+
+void store_softmax_row(ggml_tensor * probs, int64_t r, const float * p) {
+    const int64_t K = probs->ne[0];
+    for (int64_t j = 0; j < probs->ne[2]; j++) {
+        char * dst = (char *) probs->data + r * probs->nb[1] + j * probs->nb[2];
+        const float * src = p + j * K;
+        switch (probs->type) {
+            case GGML_TYPE_F32:  std::memcpy(dst, src, sizeof(float) * K); break;
+            case GGML_TYPE_F16:  ggml_cpu_fp32_to_fp16(src, (ggml_fp16_t *) dst, K); break;
+            default:             ggml_cpu_fp32_to_bf16(src, (ggml_bf16_t *) dst, K); break;
+        }
+    }
 }
 
 bool cpu_fused_ops_disabled() {

@@ -32,4 +32,8 @@ ggml_tensor * gelu_tanh_cpu(ggml_context * ctx, ggml_tensor * x);
 ggml_tensor * row_reductions_cpu(ggml_context * ctx, ggml_tensor * logits, ggml_tensor * temperature,
                                  ggml_tensor * uniforms, ggml_tensor * draw, ggml_tensor * probs);
 
+// Writes one canvas row's softmax p (V floats) into a host `probs` tensor [chunk, C, n_chunks] of type
+// F32, F16 or BF16: slice j of row r at (r, j), converted as ggml's matmul converts its activations.
+void store_softmax_row(ggml_tensor * probs, int64_t r, const float * p);
+
 } // namespace dgemma

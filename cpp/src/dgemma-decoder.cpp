@@ -2,12 +2,10 @@
 #include "dgemma-cpu-ops.h"
 
 #include "ggml-backend.h"
-#include "ggml-cpu.h"
 
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
-#include <cstring>
 #include <vector>
 
 namespace dgemma {
@@ -38,7 +36,8 @@ size_t set_self_conditioning(ggml_tensor * sc_state, const sc_layout & lay, cons
         ggml_backend_tensor_set(sc_state, logits, 0, sizeof(float) * V * C);
         return sizeof(float) * V * C;
     }
-    std::vector<uint8_t> bytes(ggml_nbytes(sc_state));
+    // the CPU path's state lives in a host buffer: each row is written in place
+    GGML_ASSERT(sc_state->buffer && ggml_backend_buffer_is_host(sc_state->buffer));
     std::vector<float> p((size_t) V);
     for (int64_t c = 0; c < C; c++) {
         const float * x = logits + c * V;
@@ -47,18 +46,9 @@ size_t set_self_conditioning(ggml_tensor * sc_state, const sc_layout & lay, cons
         for (int64_t i = 0; i < V; i++) sum += (double) (p[(size_t) i] = std::exp(x[i] - mx));
         const float scale = (float) (1.0 / sum);
         for (float & v : p) v *= scale;
-        for (int64_t j = 0; j < lay.n_chunks; j++) {
-            uint8_t * dst = bytes.data() + c * sc_state->nb[1] + j * sc_state->nb[2];
-            const float * src = p.data() + j * lay.chunk;
-            switch (lay.type) {
-                case GGML_TYPE_F32:  std::memcpy(dst, src, sizeof(float) * lay.chunk); break;
-                case GGML_TYPE_F16:  ggml_cpu_fp32_to_fp16(src, (ggml_fp16_t *) dst, lay.chunk); break;
-                default:             ggml_cpu_fp32_to_bf16(src, (ggml_bf16_t *) dst, lay.chunk); break;
-            }
-        }
+        store_softmax_row(sc_state, c, p.data());
     }
-    ggml_backend_tensor_set(sc_state, bytes.data(), 0, bytes.size());
-    return bytes.size();
+    return ggml_nbytes(sc_state);
 }
 
 decoder_graph build_decoder(const graph_builder & g, const kv_store & kv, ggml_tensor * sc_state, int32_t C,
