@@ -69,15 +69,16 @@ python3 -c "from pygguf_diffusion import _core; print('gpu backends:', _core.gpu
 
 # The suite, one pytest process per file, six at a time: a crash (seen 2026-11-27: a segfault that took
 # pytest-xdist's summary down with it) costs only its own file, and every file's failures are listed.
-# test_build needs the package index.
+# test_build needs the package index. The slow tests (fuzzers, sanitizers, task accuracy over thousands of
+# generations) do not fit the phase and check nothing GPU-specific; exit status 5 is a file with none left.
 run_tests() {
   local d=/tmp/dgemma-tests; rm -rf $d; mkdir -p $d
   ls ${TEST_FILES:-tests/test_*.py} | grep -v test_build.py | xargs -P 6 -I{} sh -c \
     'python3 -m pytest {} -q -p no:cacheprovider -rfE --timeout 150 -o addopts="--strict-markers" \
-       >'$d'/$(basename {} .py).log 2>&1; echo "$? {}" >>'$d'/rc'
+       -m "${TEST_MARK:-not slow}" >'$d'/$(basename {} .py).log 2>&1; echo "$? {}" >>'$d'/rc'
   sort -k2 $d/rc; cat $d/*.log >"$OUT/tests-all.log"
   grep -h -E "^(FAILED|ERROR) |passed|failed|Fatal Python error|Segmentation" $d/*.log
-  ! grep -qv "^0 " $d/rc
+  ! grep -qv -E "^(0|5) " $d/rc
 }
 export -f run_tests; export OUT
 C=/tmp/dgemma-bench
