@@ -10,6 +10,7 @@
 #
 # Works in script mode too (cmake -P cmake/fetch_ggml.cmake), which the build test uses.
 include("${CMAKE_CURRENT_LIST_DIR}/ggml_pin.cmake")
+include("${CMAKE_CURRENT_LIST_DIR}/PatchGGML.cmake")
 
 function(_dgemma_fail what detail hint)
   message(FATAL_ERROR "error: ${what}: ${detail}\n  ${hint}")
@@ -104,6 +105,7 @@ function(dgemma_fetch_ggml out_var)
     string(STRIP "${stamped}" stamped)
     if(stamped STREQUAL DGEMMA_GGML_DIST_SHA256)
       message(STATUS "dgemma: using cached ggml source ${tree}/ggml")
+      dgemma_patch_ggml("${tree}/ggml")
       set(${out_var} "${tree}/ggml" PARENT_SCOPE)
       return()
     endif()
@@ -144,6 +146,7 @@ function(dgemma_fetch_ggml out_var)
   file(MAKE_DIRECTORY "${tree}")
   file(RENAME "${tmp}/${DGEMMA_GGML_SUBTREE}" "${tree}/ggml")
   file(REMOVE_RECURSE "${tmp}")
+  dgemma_patch_ggml("${tree}/ggml")   # before the stamp: a tree is complete only with our edits
   file(WRITE "${stamp}" "${DGEMMA_GGML_DIST_SHA256}\n")
   message(STATUS "dgemma: ggml source ready at ${tree}/ggml")
   set(${out_var} "${tree}/ggml" PARENT_SCOPE)
