@@ -5,9 +5,9 @@
 #   2. runs the test suite with the GPU build: every model loads onto the GPU (n_gpu_layers=-1 by default),
 #      so the parity tests check the CUDA kernels against transformers;
 #   3. reports which graph nodes the scheduler leaves on the CPU (DGEMMA_SCHED_REPORT);
-#   4. times whole canvases: the released shape (make_real_shape.py, Q4_K_M, with dgemma-bench: GFLOP/s,
-#      per-op profile, memory), the real widths with two
-#      layers next to transformers on the same GPU, and the mid-size proxy next to transformers.
+#   4. times the released shape (make_real_shape.py, Q4_K_M): dgemma-bench (ms/step, committed tok/s, GFLOP/s
+#      against plain products, per-op profile, memory), the step kernel by kernel (gpu_kernels.py), and A/B
+#      runs of single settings; with WITH_REFERENCE=1 also the real widths (two layers) next to transformers.
 # Every phase has a deadline inside BUDGET_S (default 480 s) and writes to $OUT as it goes, so a slow phase
 # costs only itself. Usage (from the repository root): OUT=dir bash benchmarks/gpu_check.sh
 set -uo pipefail
@@ -15,7 +15,7 @@ OUT=${OUT:-$PWD/gpu-check-out}
 mkdir -p "$OUT"
 R=$OUT/report.txt
 T0=$(date +%s)
-BUDGET_S=${BUDGET_S:-480}
+BUDGET_S=${BUDGET_S:-480}   # a 560 s call: the machine's start is outside it
 left() { echo $(( BUDGET_S - ($(date +%s) - T0) )); }
 say() { echo "[$(( $(date +%s) - T0 ))s] $*" | tee -a "$R"; }
 phase() {  # phase NAME MAX_S MIN_LEFT_AFTER CMD...: runs CMD with a deadline that keeps MIN_LEFT_AFTER seconds
@@ -109,12 +109,15 @@ nvidia-smi --query-compute-apps=pid,used_memory --format=csv,noheader >>"$R" 2>&
 export DGEMMA_SCHED_REPORT=1
 # dgemma-bench: ms/step, committed tok/s, the step's GFLOP/s next to plain products of its dominant shapes,
 # device memory, and the per-op profile (nodes one at a time: slower, for where the time goes). Then A/B
-# runs of single settings: ggml's own MoE tile choice (DGEMMA_MMQ_MOE_NCOLS=0, cmake/PatchGGML.cmake) and a
-# wider tile, CUDA graphs off, whether CUDA graphs are captured at all (ggml's debug log), an f16 KV store.
+# runs of single settings: ggml's own MoE tile choice (DGEMMA_MMQ_MOE_NCOLS=0, cmake/PatchGGML.cmake), CUDA
+# graphs off, whether CUDA graphs are captured at all (ggml's debug log), an f16 KV store.
 B="python3 -m pygguf_diffusion.bench -m /tmp/real30-q4km.gguf -t 8 --steps 16"
-phase real30 75 150 $B -r 3 --profile --json "$OUT/real30.json"
-phase real30_moe_batch_tiles 35 115 env DGEMMA_MMQ_MOE_NCOLS=0 $B -r 3
-phase real30_moe_ncols32 35 80 env DGEMMA_MMQ_MOE_NCOLS=32 $B -r 3
+phase real30 75 190 $B -r 3 --profile --json "$OUT/real30.json"
+# the step as it runs, kernel by kernel (PyTorch's profiler): GPU busy against wall time, the top kernels
+K="python3 benchmarks/gpu_kernels.py -m /tmp/real30-q4km.gguf --steps 4"
+phase real30_kernels 40 150 $K --json "$OUT/real30_kernels.json"
+phase real30_kernels_moe_batch_tiles 40 115 env DGEMMA_MMQ_MOE_NCOLS=0 $K
+phase real30_moe_batch_tiles 35 80 env DGEMMA_MMQ_MOE_NCOLS=0 $B -r 3
 phase real30_nographs 35 45 env GGML_CUDA_DISABLE_GRAPHS=1 $B -r 3
 phase real30_graph_log 30 15 python3 -c "import logging, sys; logging.basicConfig(level=logging.DEBUG, stream=sys.stdout)
 from pygguf_diffusion import _logging; _logging.install()
