@@ -2,6 +2,8 @@
 #include "dgemma-cpu-ops.h"
 
 #include <cmath>
+#include <cstdlib>
+#include <cstring>
 #include <vector>
 
 namespace dgemma {
@@ -73,10 +75,39 @@ ggml_tensor * graph_builder::gelu_tanh(ggml_tensor * x, const ggml_tensor * w) c
     return ggml_mul(ctx, x, ggml_scale_bias(ctx, t, 0.5f, 0.5f));
 }
 
+namespace {
+// Backends whose GELU is gelu_pytorch_tanh's formula in f32 (pinned ggml: ggml-cuda/unary.cuh
+// ggml_cuda_op_gelu_single, which the ROCm and MUSA builds share; ggml-metal kernels/unary.metal). ggml's CPU
+// GELU reads an f16 table (ggml-cpu/vec.h, GGML_GELU_FP16), and other backends are not checked: they keep
+// the composed ops. DGEMMA_GENERIC_REDUCTIONS turns this off too (A/B on a GPU); DGEMMA_FORCE_GEGLU turns it
+// on everywhere (tests: the CPU then runs the wiring, at its table's precision). Both are read once.
+bool exact_geglu_on(const ggml_tensor * w) {
+    static const bool forced = std::getenv("DGEMMA_FORCE_GEGLU") != nullptr;
+    if (forced) return true;
+    if (!w->buffer || cpu_fused_ops_disabled()) return false;
+    const char * name = ggml_backend_buft_name(ggml_backend_buffer_get_type(w->buffer));
+    for (const char * prefix : {"CUDA", "ROCm", "MUSA", "MTL"}) {
+        if (std::strncmp(name, prefix, std::strlen(prefix)) == 0) return true;
+    }
+    return false;
+}
+} // namespace
+
+ggml_tensor * graph_builder::geglu(ggml_tensor * gate, ggml_tensor * up, const ggml_tensor * w) const {
+    if (exact_geglu_on(w)) return ggml_geglu_split(ctx, gate, up);
+    return ggml_mul(ctx, gelu_tanh(gate, w), up);
+}
+
+ggml_tensor * graph_builder::geglu_fused(ggml_tensor * gu, int64_t n, const ggml_tensor * w) const {
+    if (exact_geglu_on(w)) return ggml_geglu(ctx, gu);   // gelu(first half) * second half
+    auto half = [&](size_t off) {
+        return ggml_cont(ctx, ggml_view_3d(ctx, gu, n, gu->ne[1], gu->ne[2], gu->nb[1], gu->nb[2], off));
+    };
+    return ggml_mul(ctx, gelu_tanh(half(0), w), half((size_t) n * gu->nb[0]));
+}
+
 ggml_tensor * graph_builder::mlp(ggml_tensor * x, ggml_tensor * wg, ggml_tensor * wu, ggml_tensor * wd) const {
-    ggml_tensor * g = gelu_tanh(ggml_mul_mat(ctx, wg, x), wg);
-    ggml_tensor * u = ggml_mul_mat(ctx, wu, x);
-    return ggml_mul_mat(ctx, wd, ggml_mul(ctx, g, u));
+    return ggml_mul_mat(ctx, wd, geglu(ggml_mul_mat(ctx, wg, x), ggml_mul_mat(ctx, wu, x), wg));
 }
 
 ggml_tensor * graph_builder::rope(ggml_tensor * x, ggml_tensor * cos, ggml_tensor * sin, int64_t n_dims) const {
@@ -147,16 +178,12 @@ ggml_tensor * graph_builder::moe(ggml_tensor * x, int il) const {
     w = name(ggml_mul(ctx, w, ggml_reshape_2d(ctx, s, K, T)), "expert_weights", il);
 
     ggml_tensor * xe = ggml_reshape_3d(ctx, rms(x, L.pre_ffw_norm_2), H, 1, T);
-    ggml_tensor * gate, * up;
+    ggml_tensor * act;                                                             // [EI, K, T]
     if (L.exp_gate_up) {
-        ggml_tensor * gu = ggml_mul_mat_id(ctx, L.exp_gate_up, xe, idx);         // [2EI, K, T]
-        gate = ggml_cont(ctx, ggml_view_3d(ctx, gu, EI, K, T, gu->nb[1], gu->nb[2], 0));
-        up = ggml_cont(ctx, ggml_view_3d(ctx, gu, EI, K, T, gu->nb[1], gu->nb[2], (size_t) EI * gu->nb[0]));
+        act = geglu_fused(ggml_mul_mat_id(ctx, L.exp_gate_up, xe, idx), EI, L.exp_gate_up);   // of [2EI, K, T]
     } else {
-        gate = ggml_mul_mat_id(ctx, L.exp_gate, xe, idx);
-        up = ggml_mul_mat_id(ctx, L.exp_up, xe, idx);
+        act = geglu(ggml_mul_mat_id(ctx, L.exp_gate, xe, idx), ggml_mul_mat_id(ctx, L.exp_up, xe, idx), L.exp_gate);
     }
-    ggml_tensor * act = ggml_mul(ctx, gelu_tanh(gate, L.exp_gate_up ? L.exp_gate_up : L.exp_gate), up);   // [EI, K, T]
     ggml_tensor * y = ggml_mul_mat_id(ctx, L.exp_down, act, idx);                  // [H, K, T]
     y = ggml_mul(ctx, y, ggml_reshape_3d(ctx, w, 1, K, T));
     ggml_tensor * sum = nullptr;
