@@ -88,9 +88,40 @@ def test_genuine_archive_verifies_and_extracts_only_ggml(tmp_path):
     assert (tree.parent / ".dgemma-verified").read_text().strip() == SHA
     # only the ggml subtree: no llama.cpp sources beside it
     assert sorted(p.name for p in tree.parent.iterdir()) == [".dgemma-verified", "ggml"]
-    # a second run uses the verified cache
+    # our edit (cmake/PatchGGML.cmake) is in, once
+    mmq = tree / "src" / "ggml-cuda" / "mmq.cu"
+    assert mmq.read_text().count("dgemma-patch: moe-ncols") == 1
+    # a second run uses the verified cache and does not edit again
     again = fetch(tmp_path, f"-DDGEMMA_GGML_CACHE_DIR={cache}")
     assert again.returncode == 0 and "using cached ggml source" in again.stdout + again.stderr
+    assert mmq.read_text().count("dgemma-patch: moe-ncols") == 1
+
+
+def _patch(tmp_path: Path, tree: Path) -> subprocess.CompletedProcess:
+    script = tmp_path / "patch.cmake"
+    script.write_text(f'include("{ROOT / "cmake" / "PatchGGML.cmake"}")\ndgemma_patch_ggml("{tree}")\n')
+    return subprocess.run([CMAKE, "-P", str(script)], capture_output=True, text=True, timeout=60)
+
+
+def test_ggml_edit_applies_once_after_its_anchor_and_stops_without_it(tmp_path):
+    mmq = tmp_path / "ggml" / "src" / "ggml-cuda" / "mmq.cu"
+    mmq.parent.mkdir(parents=True)
+    block = ("    int64_t ncols_opt = ne12;\n    if (GGML_CUDA_CC_IS_RDNA3(cc) || GGML_CUDA_CC_IS_RDNA4(cc)) {\n"
+             "        ncols_opt = (ne12*n_expert_used + ne02 - 1) / ne02;\n    }\n")
+    mmq.write_text("head\n" + block + "    tail();\n")
+    for _ in range(2):
+        r = _patch(tmp_path, mmq.parents[2])
+        assert r.returncode == 0, r.stderr
+        text = mmq.read_text()
+        assert text.count("dgemma-patch: moe-ncols") == 1
+    # inserted right after ggml's own choice, before the rest, which is kept whole
+    assert text.startswith("head\n" + block + "    if (GGML_CUDA_CC_IS_NVIDIA(cc)) { // dgemma-patch")
+    assert text.endswith("    }\n    tail();\n") and "DGEMMA_MMQ_MOE_NCOLS" in text
+    # a pinned tree without the anchor (the pin moved): a clear error, the file untouched
+    mmq.write_text("something else\n")
+    r = _patch(tmp_path, mmq.parents[2])
+    assert r.returncode != 0 and "lacks its anchor" in r.stderr and "PatchGGML.cmake" in r.stderr
+    assert mmq.read_text() == "something else\n"
 
 
 def configure(tmp_path: Path, *defs: str) -> subprocess.CompletedProcess:
