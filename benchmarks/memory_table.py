@@ -7,7 +7,7 @@ and what fits a GPU of a given size with the offload controls (-ngl, --cpu-moe, 
 Per context the engine reports its KV store, self-conditioning state and the compute buffers it reserves
 at creation for its largest graphs (a full encoder batch and a decoder step at the end of the store).
 The state measured here is the CPU path's (the softmax in the transposed embedding's type); a GPU keeps
-the processed logits, n_vocab x canvas f32, which the GPU column counts. Weights come from the file's
+it in f32, n_vocab x canvas, which the GPU column counts. Weights come from the file's
 tensor table; the transposed embedding (self-conditioning: n_vocab x hidden, 2 bytes for 16-bit and
 quantized embeddings) is computed. On a GPU the KV store, state, transposed embedding and the layers'
 weights live on the device; the compute buffers are the CPU

@@ -119,7 +119,7 @@ def test_load_progress_memory_and_devices(converted):
     before = ctx.memory()
     # the worst-case compute buffers are allocated with the context, not at the first step
     assert before["device"] == "CPU" and before["kv_bytes"] > 0 and before["compute_bytes"] > 0
-    assert before["sc_bytes"] == 4 * 512 * ctx.canvas_length  # the previous step's processed logits, f32 [V, C]
+    assert before["sc_bytes"] == 4 * 512 * ctx.canvas_length  # the previous step's softmax, f32 [V, C]
     ctx.encode(np.arange(2, 12, dtype=np.int32))
     ctx.decode_step(np.arange(ctx.canvas_length, dtype=np.int32))
     assert ctx.memory()["compute_bytes"] == before["compute_bytes"] and ctx.n_threads == 2

@@ -61,13 +61,11 @@ public:
         sched_.reset(ggml_backend_sched_new(backends.data(), nullptr, (int) backends.size(), GRAPH_SIZE, false, false));
         if (!sched_) throw error("cannot create the backend scheduler");
 
-        const int64_t V = m_->info.hp.n_vocab, C = m_->info.diffusion.canvas_length;
+        const int64_t C = m_->info.diffusion.canvas_length;
         ggml_init_params ip = { ggml_tensor_overhead() * 2, nullptr, true };
         sc_ctx_.reset(ggml_init(ip));
         sc_layout_ = self_conditioning_layout(*m_);
-        sc_state_ = sc_layout_.probs
-            ? ggml_new_tensor_3d(sc_ctx_.get(), sc_layout_.type, sc_layout_.chunk, C, sc_layout_.n_chunks)
-            : ggml_new_tensor_2d(sc_ctx_.get(), GGML_TYPE_F32, V, C);
+        sc_state_ = ggml_new_tensor_3d(sc_ctx_.get(), sc_layout_.type, sc_layout_.chunk, C, sc_layout_.n_chunks);
         ggml_set_name(sc_state_, "sc_state");
         sc_buf_.reset(ggml_backend_alloc_ctx_tensors(sc_ctx_.get(), m_->backend_globals));
         if (!sc_buf_) throw error("cannot allocate the self-conditioning state (" + std::to_string(ggml_nbytes(sc_state_) >> 20) + " MiB)");
@@ -180,23 +178,26 @@ public:
         if (sp.sc == self_cond::previous && !have_previous_) {
             throw error("decode_step: no previous step to self-condition on");
         }
-        // built and allocated once per canvas (per store length), reused for every step of it
-        if (dec_graph_n_past_ != kv_.n_past()) {
+        // built and allocated once per canvas (per store length) and draw kind, reused for every step of it;
+        // the CPU kernel serves every kind with one graph
+        const draw_kind dk = reductions_on_cpu(*m_) ? draw_kind::scaled : draw_kind_for(draw);
+        if (dec_graph_n_past_ != kv_.n_past() || dec_graph_draw_ != dk) {
             dec_arena_.reset();
             graph_builder g{dec_arena_.ctx, *m_};
-            dec_ = build_decoder(g, kv_, sc_state_, C, GRAPH_SIZE);
+            dec_ = build_decoder(g, kv_, sc_state_, C, GRAPH_SIZE, -1, dk);
             alloc(dec_.gf);
             dec_graph_n_past_ = kv_.n_past();
+            dec_graph_draw_ = dk;
             ++dec_builds_;
         }
         step_input_bytes_ = 0;
         if (sp.sc == self_cond::given) {
             step_input_bytes_ += set_self_conditioning(sc_state_, sc_layout_, sp.sc_logits, V, C);
         }
-        // Without self-conditioning the step multiplies softmax(sc_state) by 0, which is exactly 0 only when
-        // sc_state is finite. A step's own processed logits are (finite logits over a bounded temperature);
-        // logits a caller gave, or a step that failed half-way, may not be: clear those once, not every canvas
-        // (n_vocab x canvas floats, 268 MB at the real shape).
+        // Without self-conditioning the step multiplies the state's product by 0, which is exactly 0 only
+        // when sc_state is finite. A step's own softmax is; the softmax of logits a caller gave (an inf among
+        // them) or a step that failed half-way may not be: clear those once, not every canvas (n_vocab x
+        // canvas values, 268 MB at the real shape in f32).
         if (sp.sc == self_cond::none && !sc_finite_) {
             ggml_backend_tensor_memset(sc_state_, 0, 0, ggml_nbytes(sc_state_));
             sc_finite_ = true;
@@ -220,16 +221,16 @@ public:
             std::vector<float> am(C);
             if (argmax || (sample && draw.temperature <= 0.0f)) {
                 ggml_backend_tensor_get(dec_.argmax, am.data(), 0, sizeof(float) * C);
+                for (float & a : am) a = (float) V - a;   // exact: counts up to 2^24
             }
             if (argmax) for (int32_t i = 0; i < C; i++) argmax[i] = (int32_t) am[i];
             if (entropy) ggml_backend_tensor_get(dec_.entropy, entropy, 0, sizeof(float) * C);
-            if (sample) {
+            if (sample && !dec_.sample) {   // greedy: the argmax is drawn
+                for (int32_t i = 0; i < C; i++) sample[i] = (int32_t) am[i];
+            } else if (sample) {
                 std::vector<float> cnt(C);
                 ggml_backend_tensor_get(dec_.sample, cnt.data(), 0, sizeof(float) * C);
                 for (int32_t i = 0; i < C; i++) sample[i] = std::min((int32_t) cnt[i], (int32_t) V - 1);
-                if (draw.temperature <= 0.0f) {   // greedy: the argmax is drawn
-                    for (int32_t i = 0; i < C; i++) sample[i] = (int32_t) am[i];
-                }
             }
         }
     }
@@ -384,6 +385,7 @@ private:
     graph_arena arena_, dec_arena_;
     decoder_graph dec_;
     int32_t dec_graph_n_past_ = -1;
+    draw_kind dec_graph_draw_ = draw_kind::scaled;
     bool have_previous_ = false;     // sc_state holds this canvas's previous processed logits
     bool sc_finite_ = false;         // sc_state is known finite (zeroed, or written by a step of our own)
     int64_t dec_builds_ = 0;         // decoder graphs built so far (graph reuse is observable)

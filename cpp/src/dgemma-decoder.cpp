@@ -15,7 +15,6 @@ sc_layout self_conditioning_layout(const model & m) {
     sc_layout l;
     l.chunk = V;
     if (!reductions_on_cpu(m)) return l;
-    l.probs = true;
     l.type = m.tok_embd_t->type;
     // slices of at most 32768 entries (a slice of both operands fits the L2/L3 caches), at least 4 where
     // the vocabulary allows (so small test models run the sliced path), a multiple of 64 (the matmul
@@ -31,13 +30,16 @@ sc_layout self_conditioning_layout(const model & m) {
     return l;
 }
 
+draw_kind draw_kind_for(const draw_params & d) {
+    if (d.temperature <= 0.0f) return draw_kind::greedy;
+    return d.temperature == 1.0f ? draw_kind::step_softmax : draw_kind::scaled;
+}
+
 size_t set_self_conditioning(ggml_tensor * sc_state, const sc_layout & lay, const float * logits, int64_t V, int64_t C) {
-    if (!lay.probs) {
-        ggml_backend_tensor_set(sc_state, logits, 0, sizeof(float) * V * C);
-        return sizeof(float) * V * C;
-    }
-    // the CPU path's state lives in a host buffer: each row is written in place
-    GGML_ASSERT(sc_state->buffer && ggml_backend_buffer_is_host(sc_state->buffer));
+    // the CPU path's state lives in a host buffer and each row is written in place; the generic path's is
+    // F32 [V, C, 1] on its device, uploaded row by row
+    const bool host = sc_state->buffer && ggml_backend_buffer_is_host(sc_state->buffer);
+    GGML_ASSERT(host || (lay.n_chunks == 1 && lay.type == GGML_TYPE_F32));
     std::vector<float> p((size_t) V);
     for (int64_t c = 0; c < C; c++) {
         const float * x = logits + c * V;
@@ -46,13 +48,14 @@ size_t set_self_conditioning(ggml_tensor * sc_state, const sc_layout & lay, cons
         for (int64_t i = 0; i < V; i++) sum += (double) (p[(size_t) i] = std::exp(x[i] - mx));
         const float scale = (float) (1.0 / sum);
         for (float & v : p) v *= scale;
-        store_softmax_row(sc_state, c, p.data());
+        if (host) store_softmax_row(sc_state, c, p.data());
+        else ggml_backend_tensor_set(sc_state, p.data(), (size_t) c * sc_state->nb[1], sizeof(float) * V);
     }
     return ggml_nbytes(sc_state);
 }
 
 decoder_graph build_decoder(const graph_builder & g, const kv_store & kv, ggml_tensor * sc_state, int32_t C,
-                            int graph_size, int32_t n_past) {
+                            int graph_size, int32_t n_past, draw_kind dk) {
     ggml_context * ctx = g.ctx;
     const hparams & hp = g.hp();
     const model & m = g.m;
@@ -104,21 +107,19 @@ decoder_graph build_decoder(const graph_builder & g, const kv_store & kv, ggml_t
     // keeps it in f32 (as the CPU kernels do), and f16 storage then beats bf16 (NMSE ~6e-8 against ~3e-6 for
     // peaked softmax rows, float64 reference, measured with torch's rounding).
     const sc_layout lay = self_conditioning_layout(m);
-    ggml_tensor * soft = nullptr;                                                         // [H, C]
-    if (lay.probs) {
-        // the previous step's softmax, sliced: n products [chunk, H] x [chunk, C] over views of E^T, summed
-        const int64_t H = m.tok_embd_t->ne[1];
-        ggml_tensor * et = ggml_view_3d(ctx, m.tok_embd_t, lay.chunk, H, lay.n_chunks, m.tok_embd_t->nb[1],
-                                        (size_t) lay.chunk * ggml_element_size(m.tok_embd_t), 0);
+    // the previous step's softmax; on the CPU path in slices: n products [chunk, H] x [chunk, C] over views
+    // of E^T, summed
+    const int64_t H = m.tok_embd_t->ne[1];
+    ggml_tensor * et = m.tok_embd_t;
+    if (lay.n_chunks > 1) {
+        et = ggml_view_3d(ctx, m.tok_embd_t, lay.chunk, H, lay.n_chunks, m.tok_embd_t->nb[1],
+                          (size_t) lay.chunk * ggml_element_size(m.tok_embd_t), 0);
         ggml_set_name(et, "token_embd_t");   // the weight's name in profiles and graph dumps
-        soft = ggml_mul_mat(ctx, et, sc_state);                                           // [H, C, n]
-        ggml_prec_set_acc(soft, GGML_PREC_F32);
-        if (lay.n_chunks > 1) soft = ggml_sum_rows(ctx, ggml_cont(ctx, ggml_permute(ctx, soft, 1, 2, 0, 3)));
-        soft = ggml_reshape_2d(ctx, soft, H, C);
-    } else {
-        soft = ggml_mul_mat(ctx, m.tok_embd_t, ggml_soft_max(ctx, sc_state));
-        ggml_prec_set_acc(soft, GGML_PREC_F32);
     }
+    ggml_tensor * soft = ggml_mul_mat(ctx, et, sc_state);                                 // [H, C, n]
+    ggml_prec_set_acc(soft, GGML_PREC_F32);
+    if (lay.n_chunks > 1) soft = ggml_sum_rows(ctx, ggml_cont(ctx, ggml_permute(ctx, soft, 1, 2, 0, 3)));
+    soft = ggml_reshape_2d(ctx, soft, H, C);                                              // [H, C]
     soft = ggml_mul(ctx, ggml_scale(ctx, soft, m.embd_scale), dg.sc_on);
     ggml_tensor * sc = g.mlp(g.rms(soft, m.sc_pre_norm), m.sc_gate, m.sc_up, m.sc_down);
     // the unweighted post-norm runs on every step, the first included
@@ -181,22 +182,26 @@ decoder_graph build_decoder(const graph_builder & g, const kv_store & kv, ggml_t
         ggml_tensor * lse = ggml_sub(ctx, maxv, ggml_log(ctx, pmax));
         dg.entropy = g.name(ggml_sub(ctx, lse, ggml_sum_rows(ctx, ggml_mul(ctx, p, lp))), "entropy");
         ggml_tensor * is_max = ggml_scale_bias(ctx, ggml_step(ctx, ggml_neg(ctx, ggml_sub(ctx, lp, maxv))), -1.0f, 1.0f);
-        ggml_tensor * before_first = ggml_scale_bias(ctx, ggml_step(ctx, ggml_cumsum(ctx, is_max)), -1.0f, 1.0f);
-        dg.argmax = g.name(ggml_sum_rows(ctx, before_first), "argmax");                  // f32 [1, C]
-        // the draw's own distribution: softmax(lp / draw temperature) (greedy is resolved on the host)
-        ggml_tensor * pd = ggml_soft_max(ctx, ggml_mul(ctx, lp, dg.draw_scale));
-        // u scaled by the row's own float total: a cumsum that ends short of 1 (rounding) still ends >= u
-        // (the CPU kernel does the same in double), so the count never runs past the last token
-        ggml_tensor * cdf = ggml_cumsum(ctx, pd);
-        ggml_tensor * total = ggml_view_2d(ctx, cdf, 1, C, cdf->nb[1], (size_t) (V - 1) * ggml_element_size(cdf));
-        ggml_tensor * below = ggml_step(ctx, ggml_neg(ctx, ggml_sub(ctx, cdf, ggml_mul(ctx, total, dg.uniforms))));
-        dg.sample = g.name(ggml_sum_rows(ctx, below), "sample");
+        // entries from the first maximum on (the host subtracts the count from V: one pass fewer than
+        // counting those before it)
+        dg.argmax = g.name(ggml_sum_rows(ctx, ggml_step(ctx, ggml_cumsum(ctx, is_max))), "from_first_max");
+        // the draw's own distribution: softmax(lp / draw temperature); greedy is resolved on the host
+        if (dk != draw_kind::greedy) {
+            ggml_tensor * pd = dk == draw_kind::step_softmax ? p : ggml_soft_max(ctx, ggml_mul(ctx, lp, dg.draw_scale));
+            // u scaled by the row's own float total: a cumsum that ends short of 1 (rounding) still ends >= u
+            // (the CPU kernel does the same in double), so the count never runs past the last token
+            ggml_tensor * cdf = ggml_cumsum(ctx, pd);
+            ggml_tensor * total = ggml_view_2d(ctx, cdf, 1, C, cdf->nb[1], (size_t) (V - 1) * ggml_element_size(cdf));
+            ggml_tensor * below = ggml_step(ctx, ggml_neg(ctx, ggml_sub(ctx, cdf, ggml_mul(ctx, total, dg.uniforms))));
+            dg.sample = g.name(ggml_sum_rows(ctx, below), "sample");
+        }
         for (ggml_tensor * t : {dg.argmax, dg.entropy, dg.sample}) {
+            if (!t) continue;
             ggml_set_output(t);
             ggml_build_forward_expand(dg.gf, t);
         }
-        // written last: everything above reads this step's lp, the next step reads it through sc_state
-        ggml_build_forward_expand(dg.gf, ggml_cpy(ctx, lp, sc_state));
+        // written last: everything above reads this step's softmax, the next step reads it through sc_state
+        ggml_build_forward_expand(dg.gf, ggml_cpy(ctx, p, sc_state));
     }
     return dg;
 }

@@ -31,34 +31,44 @@ struct decoder_graph {
     ggml_tensor * draw_scale = nullptr;  // F32 [1]: 1 / draw temperature (1 when greedy), generic path
     ggml_tensor * logits = nullptr;      // F32 [V, C] softcapped
     // per-row reductions of the processed logits (logits / temperature), read back instead of the logits
-    ggml_tensor * argmax = nullptr;      // F32 [1, C]: the lowest index among the maxima, an exact count
+    ggml_tensor * argmax = nullptr;      // F32 [1, C]: V minus the lowest index among the maxima (the
+                                         // entries from the first maximum on), an exact count
     ggml_tensor * entropy = nullptr;     // F32 [1, C] nats, of the tempered distribution
-    ggml_tensor * sample = nullptr;      // F32 [1, C] index of the inverse-CDF sample (count of cdf < u)
+    ggml_tensor * sample = nullptr;      // F32 [1, C] index of the inverse-CDF sample (count of cdf < u);
+                                         // null for draw_kind::greedy
     ggml_tensor * reduced = nullptr;     // CPU: the three above fused, F32 [3, C] (argmax, entropy, sample)
 };
 
-// The self-conditioning state a step leaves for the next one (a persistent tensor the context owns).
-// Generic path (a GPU, DGEMMA_GENERIC_REDUCTIONS): F32 [V, C], the processed logits; the next step takes
-// their softmax. CPU path (reductions_on_cpu): the softmax itself, written by the step's fused row
+// The self-conditioning state a step leaves for the next one (a persistent tensor the context owns): the
+// softmax of the step's processed logits, which the next step multiplies by the transposed embedding.
+// Generic path (a GPU, DGEMMA_GENERIC_REDUCTIONS): F32 [V, C, 1], the softmax the step computes for its
+// entropy anyway, copied (before, the processed logits were stored and the next step took their softmax:
+// one vocabulary-wide softmax more per step). CPU path (reductions_on_cpu): written by the step's fused row
 // reductions in the transposed embedding's type (the activation type of its CPU matmul: no conversion),
 // chunk-major: vocabulary entry j * chunk + k of canvas row c at (k, c, j) of [chunk, C, n_chunks]. The
 // contraction over the vocabulary then runs as n_chunks products over chunk-long slices whose operands
 // stay in cache, summed (1.5-2x faster than one product over 262,144 terms on a 2-core AVX-512 host).
 struct sc_layout {
-    bool probs = false;       // CPU path: softmax stored chunk-major; else F32 [V, C] processed logits
     ggml_type type = GGML_TYPE_F32;
-    int64_t chunk = 0;        // entries per slice (V when n_chunks is 1)
+    int64_t chunk = 0;        // entries per slice (V when n_chunks is 1, always on the generic path)
     int64_t n_chunks = 1;
 };
 sc_layout self_conditioning_layout(const model & m);
-// Sets sc_state from processed logits a caller gave ([C][V] floats): as they are on the generic path, their
-// softmax (double sums) in the layout's type and order on the CPU path. Returns the bytes uploaded.
+// Sets sc_state from processed logits a caller gave ([C][V] floats): their softmax (double sums) in the
+// layout's type and order. Returns the bytes written.
 size_t set_self_conditioning(ggml_tensor * sc_state, const sc_layout & lay, const float * logits, int64_t V, int64_t C);
+
+// What the generic path's categorical draw samples from (the CPU kernel handles every case itself):
+// nothing (greedy: the host takes the argmax), the step's own softmax (draw temperature 1, the default:
+// softmax(lp * 1) is that softmax bit for bit), or softmax(lp * draw_scale). A graph is built for one kind;
+// each dropped vocabulary-wide pass is 268 MB read and written per step at the released shape.
+enum class draw_kind { greedy, step_softmax, scaled };
+draw_kind draw_kind_for(const draw_params & d);
 
 // sc_state: the state above; the graph reads it for self-conditioning and overwrites it for the next step.
 // n_past: the stored prefix the graph is shaped for (-1: kv.n_past(); larger only to reserve buffers).
 decoder_graph build_decoder(const graph_builder & g, const kv_store & kv, ggml_tensor * sc_state, int32_t C,
-                            int graph_size, int32_t n_past = -1);
+                            int graph_size, int32_t n_past = -1, draw_kind dk = draw_kind::scaled);
 // Uploads a step's inputs; returns the bytes uploaded (O(C) plus one sliding-mask row).
 size_t fill_decoder_inputs(const decoder_graph & dg, const int32_t * canvas, int32_t C,
                            float temperature, bool sc_on, const float * uniforms, const draw_params & draw);
