@@ -82,10 +82,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         for _ in range(args.steps):
             ctx.decode_step(canvas, "previous", 1.0, False)
         wall_s = time.perf_counter() - t0
-    kernels = [e for e in prof.events() if str(getattr(e, "device_type", "")).endswith("CUDA")]
+    # device events are kernels, copies and memsets; the copies and memsets count apart
+    device = [e for e in prof.events() if str(getattr(e, "device_type", "")).endswith("CUDA")]
+    kernels = [e for e in device if not e.name.startswith(("Memcpy", "Memset"))]
+    copies = [e for e in device if e.name.startswith(("Memcpy", "Memset"))]
     if not kernels:
         raise RuntimeError("the profiler recorded no CUDA kernels (CUPTI unavailable?)")
-    spans = [(e.time_range.start, e.time_range.end) for e in kernels]
+    spans = [(e.time_range.start, e.time_range.end) for e in device]
     by_name: dict[str, list[float]] = defaultdict(list)
     for e in kernels:
         by_name[short_name(e.name)].append(e.time_range.end - e.time_range.start)
@@ -96,6 +99,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "model": args.model, "steps": n, "wall_ms_per_step": wall_s * 1000 / n,
         "gpu_busy_ms_per_step": merged_busy_us(spans) / 1000 / n,
         "kernel_ms_per_step": total_us / 1000 / n, "kernels_per_step": len(kernels) / n,
+        "copies_per_step": len(copies) / n,
+        "copy_ms_per_step": sum(e.time_range.end - e.time_range.start for e in copies) / 1000 / n,
         "first_to_last_ms_per_step": (max(s[1] for s in spans) - min(s[0] for s in spans)) / 1000 / n,
         "top": [{"kernel": k, "per_step": len(v) / n, "ms_per_step": sum(v) / 1000 / n,
                  "mean_us": sum(v) / len(v), "share": sum(v) / total_us} for k, v in top[:args.top]],
@@ -106,7 +111,8 @@ def report(r: dict[str, Any]) -> str:
     idle = r["wall_ms_per_step"] - r["gpu_busy_ms_per_step"]
     out = [f"{r['model']}: {r['steps']} decoder steps traced",
            f"wall {r['wall_ms_per_step']:.2f} ms/step | GPU busy {r['gpu_busy_ms_per_step']:.2f} ms "
-           f"(kernels {r['kernel_ms_per_step']:.2f} ms, {r['kernels_per_step']:.0f} launches) | "
+           f"(kernels {r['kernel_ms_per_step']:.2f} ms, {r['kernels_per_step']:.0f} launches; copies and memsets "
+           f"{r['copy_ms_per_step']:.2f} ms, {r['copies_per_step']:.0f}) | "
            f"idle {idle:.2f} ms ({idle / r['wall_ms_per_step']:.0%})",
            "| kernel | per step | ms/step | mean us | share |", "|---|---|---|---|---|"]
     for t in r["top"]:
@@ -126,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     try:
         res = run(args)
-    except (RuntimeError, OSError, ValueError) as e:
+    except (RuntimeError, OSError, ValueError, ImportError) as e:
         print(f"error: cannot profile the GPU kernels: {e}", file=sys.stderr)
         return 1
     print(report(res))

@@ -13,8 +13,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 prebuilt=""
 [ "${1:-}" = "--prebuilt" ] && prebuilt=${2:?--prebuilt needs the build directory}
-ggml=$(ls -d "${XDG_CACHE_HOME:-$HOME/.cache}"/pygguf_diffusion/ggml-*/ggml 2>/dev/null | head -1)
-[ -n "$ggml" ] || { echo "error: no cached ggml source: build the project once here (pip install .) first" >&2; exit 1; }
+# the tree the build itself uses: the pinned source, verified and with our edits (cmake/PatchGGML.cmake)
+ggml=$(cmake -P cmake/fetch_ggml.cmake 2>&1 | sed -n 's/^DGEMMA_GGML_DIR=//p')
+[ -n "$ggml" ] || { echo "error: cannot fetch the ggml source: run cmake -P cmake/fetch_ggml.cmake here to see why" >&2; exit 1; }
+grep -q "dgemma-patch: moe-ncols" "$ggml/src/ggml-cuda/mmq.cu" || {
+  echo "error: $ggml lacks this project's ggml edits: delete it and run this again" >&2; exit 1; }
 rm -rf .gpu && mkdir -p .gpu/ggml/src .gpu/whl
 cp -r "$ggml"/CMakeLists.txt "$ggml"/cmake "$ggml"/include .gpu/ggml/
 for f in "$ggml"/src/*; do

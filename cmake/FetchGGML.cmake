@@ -87,7 +87,8 @@ function(dgemma_fetch_ggml out_var)
     _dgemma_default_cache_dir(cache)
   endif()
   string(SUBSTRING "${DGEMMA_GGML_DIST_SHA256}" 0 12 short)
-  set(tree "${cache}/ggml-${DGEMMA_GGML_DIST_VERSION}-${short}")
+  # the name carries the version of our edits (PatchGGML.cmake): the cached tree is edited in place
+  set(tree "${cache}/ggml-${DGEMMA_GGML_DIST_VERSION}-${short}-${DGEMMA_GGML_EDITS_VERSION}")
   set(stamp "${tree}/.dgemma-verified")
 
   # A user-supplied archive is always verified, even when a verified tree is already cached.
@@ -142,11 +143,11 @@ function(dgemma_fetch_ggml out_var)
     _dgemma_fail("ggml source archive is incomplete" "${archive} has no ${DGEMMA_GGML_SUBTREE}/CMakeLists.txt"
       "Delete ${archive} and build again.")
   endif()
+  dgemma_patch_ggml("${tmp}/${DGEMMA_GGML_SUBTREE}")   # a tree is in place only with our edits
   file(REMOVE_RECURSE "${tree}")
   file(MAKE_DIRECTORY "${tree}")
   file(RENAME "${tmp}/${DGEMMA_GGML_SUBTREE}" "${tree}/ggml")
   file(REMOVE_RECURSE "${tmp}")
-  dgemma_patch_ggml("${tree}/ggml")   # before the stamp: a tree is complete only with our edits
   file(WRITE "${stamp}" "${DGEMMA_GGML_DIST_SHA256}\n")
   message(STATUS "dgemma: ggml source ready at ${tree}/ggml")
   set(${out_var} "${tree}/ggml" PARENT_SCOPE)

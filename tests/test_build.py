@@ -103,11 +103,14 @@ def _patch(tmp_path: Path, tree: Path) -> subprocess.CompletedProcess:
     return subprocess.run([CMAKE, "-P", str(script)], capture_output=True, text=True, timeout=60)
 
 
+MMQ_BLOCK = ("    int64_t ncols_opt = ne12;\n    if (GGML_CUDA_CC_IS_RDNA3(cc) || GGML_CUDA_CC_IS_RDNA4(cc)) {\n"
+             "        ncols_opt = (ne12*n_expert_used + ne02 - 1) / ne02;\n    }\n")
+
+
 def test_ggml_edit_applies_once_after_its_anchor_and_stops_without_it(tmp_path):
     mmq = tmp_path / "ggml" / "src" / "ggml-cuda" / "mmq.cu"
     mmq.parent.mkdir(parents=True)
-    block = ("    int64_t ncols_opt = ne12;\n    if (GGML_CUDA_CC_IS_RDNA3(cc) || GGML_CUDA_CC_IS_RDNA4(cc)) {\n"
-             "        ncols_opt = (ne12*n_expert_used + ne02 - 1) / ne02;\n    }\n")
+    block = MMQ_BLOCK
     mmq.write_text("head\n" + block + "    tail();\n")
     for _ in range(2):
         r = _patch(tmp_path, mmq.parents[2])
@@ -162,3 +165,20 @@ def test_bad_source_dir_is_a_clear_error(tmp_path):
     c = configure(tmp_path, f"-DDGEMMA_GGML_SOURCE_DIR={tmp_path / 'nowhere'}")
     assert c.returncode != 0
     assert "error: ggml source tree not found" in c.stderr
+
+
+def test_a_verified_cached_tree_without_the_edit_gets_it_on_use(tmp_path):
+    """A tree verified and stamped but not edited (an interrupted configure, say) is edited when used."""
+    version = re.search(r'DGEMMA_GGML_DIST_VERSION\s+"([^"]+)"', PIN).group(1)
+    edits = re.search(r'DGEMMA_GGML_EDITS_VERSION\s+"([^"]+)"',
+                      (ROOT / "cmake" / "PatchGGML.cmake").read_text()).group(1)
+    tree = tmp_path / "cache" / f"ggml-{version}-{SHA[:12]}-{edits}"
+    mmq = tree / "ggml" / "src" / "ggml-cuda" / "mmq.cu"
+    mmq.parent.mkdir(parents=True)
+    (tree / "ggml" / "CMakeLists.txt").write_text("# stand-in\n")
+    (tree / ".dgemma-verified").write_text(SHA + "\n")
+    mmq.write_text(MMQ_BLOCK)
+    r = fetch(tmp_path, f"-DDGEMMA_GGML_CACHE_DIR={tmp_path / 'cache'}")
+    assert r.returncode == 0, r.stderr
+    assert "using cached ggml source" in r.stdout + r.stderr
+    assert mmq.read_text().count("dgemma-patch: moe-ncols") == 1

@@ -188,18 +188,28 @@ def test_engine_error_type_for_bad_draw_at_the_engine_level(ctx):
 def test_generic_graph_drops_the_draw_passes_it_does_not_need(converted):
     """On the generic path the draw reuses the step's softmax at draw temperature 1 (the default) and is left
     out when greedy; the self-conditioning state is that softmax, so the next step takes none. Counted as
-    vocabulary-wide SOFT_MAX / CUMSUM nodes of the last decoder graph; a change of kind builds a new graph."""
+    vocabulary-wide SOFT_MAX / CUMSUM nodes of the last decoder graph. Within one canvas a sample of another
+    kind rebuilds the graph and self-conditioning on the previous step still works; a step that asks for no
+    sample keeps the graph it has."""
     code = (
         "import numpy as np; from pygguf_diffusion import _core\n"
         f"m = _core.Model({str(converted('spec9', 'f32'))!r}, 0); c = _core.Context(m, n_ctx=128, n_threads=2)\n"
-        "V = m.info()['hparams']['n_vocab']\n"
-        "for t in (1.0, 0.6, 0.0, 1.0):\n"
-        "    c.truncate(0); b = c.decoder_graph_builds\n"
-        "    _core.generate(c, np.arange(2, 30, dtype=np.int32), max_new_tokens=8, seed=3, max_denoising_steps=3,"
-        " temperature=t)\n"
-        "    g = [n for n in c.last_graph() if n['ne'][0] == V and n['ne'][1] == c.canvas_length]\n"
-        "    print(sum(n['op'] == 'SOFT_MAX' for n in g), sum(n['op'] == 'CUMSUM' for n in g), c.decoder_graph_builds - b)\n")
+        "V, C = m.info()['hparams']['n_vocab'], c.canvas_length\n"
+        "c.encode(np.arange(2, 30, dtype=np.int32)); canvas = np.arange(3, 3 + C, dtype=np.int32)\n"
+        "u = np.linspace(0.05, 0.95, C).astype(np.float32)\n"
+        "def passes():\n"
+        "    g = [n for n in c.last_graph() if n['ne'][0] == V and n['ne'][1] == C]\n"
+        "    return sum(n['op'] == 'SOFT_MAX' for n in g), sum(n['op'] == 'CUMSUM' for n in g)\n"
+        "for i, t in enumerate((1.0, 0.6, 0.0, 1.0)):\n"
+        "    b = c.decoder_graph_builds\n"
+        "    am, ent, smp = c.decode_step_reduced(canvas, u, sc_previous=i > 0, draw_temperature=t)\n"
+        "    print(*passes(), c.decoder_graph_builds - b, int((smp == am).all()))\n"
+        "b = c.decoder_graph_builds\n"
+        "c.decode_step(canvas, 'previous')\n"
+        "print(c.decoder_graph_builds - b)\n")
     fused, generic = run_both_reduction_paths(code)
-    # (softmaxes, cumsums, graphs built): default, a scaled draw, greedy, default again
-    assert generic == ["1 2 1", "2 2 1", "1 1 1", "1 2 1"]
-    assert all(line.startswith("0 0") for line in fused)   # the CPU kernel: one fused node, no such ops
+    # (softmaxes, cumsums, graphs built, sample == argmax) for draw temperatures 1, 0.6, greedy, 1; then a
+    # step without a sample
+    assert generic[:4] == ["1 2 1 0", "2 2 1 0", "1 1 1 1", "1 2 1 0"] and generic[4] == "0"
+    assert [line.split()[:2] for line in fused[:4]] == [["0", "0"]] * 4   # the CPU kernel: one fused node
+    assert [line.split()[3] for line in fused[:4]] == [line.split()[3] for line in generic[:4]]

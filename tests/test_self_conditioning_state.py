@@ -1,7 +1,7 @@
 """The self-conditioning state between decoder steps on the CPU path: the previous step's softmax, left by
 the fused row reductions in the transposed embedding's type and in slices of the vocabulary
-(dgemma-decoder.h, sc_layout), against the generic path (processed logits in f32, softmax in the next
-step: what a GPU runs)."""
+(dgemma-decoder.h, sc_layout), against the generic path (the softmax in f32, one product over the whole
+vocabulary: what a GPU runs)."""
 from __future__ import annotations
 
 import json
@@ -53,7 +53,7 @@ print(json.dumps({{"w": sc["src"][0]["type"], "s": sc["src"][1]["type"], "s_ne":
     assert (fused["w"], fused["s"]) == (state_type, state_type)
     assert fused["s_ne"] == [V // 4, C, 4, 1] and V // 4 % 64 == 0
     assert fused["sc_bytes"] == V * C * (4 if state_type == F32 else 2)
-    # generic: processed logits in f32, one product over the whole vocabulary; a quantized embedding
+    # generic: the softmax in f32, one product over the whole vocabulary; a quantized embedding
     # copied as F16 there
     assert generic["s"] == F32 and generic["s_ne"] == [V, C, 1, 1]
     assert generic["w"] == (F16 if outtype in ("q8_0", "q4_0") else state_type)

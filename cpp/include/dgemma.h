@@ -206,7 +206,7 @@ std::vector<std::pair<std::string, std::string>> get_weight_placement(const mode
 
 enum class self_cond {
     none,       // first step of a canvas: no self-conditioning (the post-norm still runs)
-    previous,   // the processed logits of this context's previous step, kept on the device
+    previous,   // this context's previous step (its softmax is kept where the output layer runs)
     given,      // logits supplied by the caller ([C][V] floats)
 };
 
@@ -226,7 +226,7 @@ struct draw_params {
 struct step_params {
     self_cond   sc          = self_cond::none;
     const float * sc_logits = nullptr;   // for self_cond::given: [C][V], already divided by the temperature
-    float       temperature = 1.0f;      // the step's processed logits (kept for `previous`) are logits / T
+    float       temperature = 1.0f;      // the step's processed logits (their softmax kept for `previous`) are logits / T
     draw_params draw;                    // the categorical sample of decode_step_reduced
 };
 
@@ -275,7 +275,7 @@ std::vector<std::string> gpu_devices();
 // Memory a context holds, in bytes.
 struct context_memory {
     size_t kv_bytes      = 0;   // the prompt KV store
-    size_t sc_bytes      = 0;   // the self-conditioning state (previous step's processed logits)
+    size_t sc_bytes      = 0;   // the self-conditioning state (the previous step's softmax)
     size_t compute_bytes = 0;   // the scheduler's compute buffers (largest graph so far)
     std::string device;         // where the output layer runs ("CPU", "CUDA0", ...)
 };

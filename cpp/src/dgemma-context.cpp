@@ -88,7 +88,8 @@ public:
         if (n_ctx >= C) {
             a.reset();
             graph_builder gd{a.ctx, *m_};
-            decoder_graph dg = build_decoder(gd, kv_, sc_state_, C, GRAPH_SIZE, n_ctx - C);
+            // the scaled draw: the largest graph of the kinds
+            decoder_graph dg = build_decoder(gd, kv_, sc_state_, C, GRAPH_SIZE, n_ctx - C, draw_kind::scaled);
             if (!ggml_backend_sched_reserve(sched_.get(), dg.gf)) {
                 throw error("cannot allocate the decoder's compute buffers (out of memory); lower n_ctx");
             }
@@ -178,10 +179,11 @@ public:
         if (sp.sc == self_cond::previous && !have_previous_) {
             throw error("decode_step: no previous step to self-condition on");
         }
-        // built and allocated once per canvas (per store length) and draw kind, reused for every step of it;
-        // the CPU kernel serves every kind with one graph
+        // built and allocated once per canvas (per store length), reused for every step of it; rebuilt for
+        // another draw kind only when a sample is asked for (any kind gives the argmax, entropy and logits).
+        // The CPU kernel serves every kind with one graph.
         const draw_kind dk = reductions_on_cpu(*m_) ? draw_kind::scaled : draw_kind_for(draw);
-        if (dec_graph_n_past_ != kv_.n_past() || dec_graph_draw_ != dk) {
+        if (dec_graph_n_past_ != kv_.n_past() || (sample && dec_graph_draw_ != dk)) {
             dec_arena_.reset();
             graph_builder g{dec_arena_.ctx, *m_};
             dec_ = build_decoder(g, kv_, sc_state_, C, GRAPH_SIZE, -1, dk);
@@ -386,7 +388,7 @@ private:
     decoder_graph dec_;
     int32_t dec_graph_n_past_ = -1;
     draw_kind dec_graph_draw_ = draw_kind::scaled;
-    bool have_previous_ = false;     // sc_state holds this canvas's previous processed logits
+    bool have_previous_ = false;     // sc_state holds the softmax of this canvas's previous step
     bool sc_finite_ = false;         // sc_state is known finite (zeroed, or written by a step of our own)
     int64_t dec_builds_ = 0;         // decoder graphs built so far (graph reuse is observable)
     size_t step_input_bytes_ = 0;    // host -> device bytes of the last decoder step's inputs

@@ -37,20 +37,21 @@ draw_kind draw_kind_for(const draw_params & d) {
 
 size_t set_self_conditioning(ggml_tensor * sc_state, const sc_layout & lay, const float * logits, int64_t V, int64_t C) {
     // the CPU path's state lives in a host buffer and each row is written in place; the generic path's is
-    // F32 [V, C, 1] on its device, uploaded row by row
+    // F32 [V, C, 1] on its device, uploaded in one piece
     const bool host = sc_state->buffer && ggml_backend_buffer_is_host(sc_state->buffer);
     GGML_ASSERT(host || (lay.n_chunks == 1 && lay.type == GGML_TYPE_F32));
-    std::vector<float> p((size_t) V);
+    std::vector<float> rows((size_t) (host ? 1 : C) * V);
     for (int64_t c = 0; c < C; c++) {
         const float * x = logits + c * V;
+        float * p = rows.data() + (host ? 0 : c * V);
         const float mx = *std::max_element(x, x + V);
         double sum = 0.0;
-        for (int64_t i = 0; i < V; i++) sum += (double) (p[(size_t) i] = std::exp(x[i] - mx));
+        for (int64_t i = 0; i < V; i++) sum += (double) (p[i] = std::exp(x[i] - mx));
         const float scale = (float) (1.0 / sum);
-        for (float & v : p) v *= scale;
-        if (host) store_softmax_row(sc_state, c, p.data());
-        else ggml_backend_tensor_set(sc_state, p.data(), (size_t) c * sc_state->nb[1], sizeof(float) * V);
+        for (int64_t i = 0; i < V; i++) p[i] *= scale;
+        if (host) store_softmax_row(sc_state, c, p);
     }
+    if (!host) ggml_backend_tensor_set(sc_state, rows.data(), 0, sizeof(float) * rows.size());
     return ggml_nbytes(sc_state);
 }
 
@@ -155,7 +156,6 @@ decoder_graph build_decoder(const graph_builder & g, const kv_store & kv, ggml_t
     dg.logits = g.name(logits, "logits");
     ggml_set_output(dg.logits);
     ggml_build_forward_expand(dg.gf, dg.logits);
-    // the processed logits stay on the device as the next step's self-conditioning input
     const int64_t V = hp.n_vocab;
 
     // Per-row reductions so a step moves O(C) numbers to the host (SPEC §6): argmax (lowest index on

@@ -28,7 +28,7 @@ struct decoder_graph {
     ggml_tensor * sc_on = nullptr;       // F32 [1]: 1 = self-conditioning from sc_state, 0 = none
     ggml_tensor * uniforms = nullptr;    // F32 [1, C]: one uniform draw per row for the categorical sample
     ggml_tensor * draw = nullptr;        // F32 [3]: draw_params (temperature, top_k, top_p), CPU kernel
-    ggml_tensor * draw_scale = nullptr;  // F32 [1]: 1 / draw temperature (1 when greedy), generic path
+    ggml_tensor * draw_scale = nullptr;  // F32 [1]: 1 / draw temperature, read by draw_kind::scaled only
     ggml_tensor * logits = nullptr;      // F32 [V, C] softcapped
     // per-row reductions of the processed logits (logits / temperature), read back instead of the logits
     ggml_tensor * argmax = nullptr;      // F32 [1, C]: V minus the lowest index among the maxima (the
@@ -42,8 +42,7 @@ struct decoder_graph {
 // The self-conditioning state a step leaves for the next one (a persistent tensor the context owns): the
 // softmax of the step's processed logits, which the next step multiplies by the transposed embedding.
 // Generic path (a GPU, DGEMMA_GENERIC_REDUCTIONS): F32 [V, C, 1], the softmax the step computes for its
-// entropy anyway, copied (before, the processed logits were stored and the next step took their softmax:
-// one vocabulary-wide softmax more per step). CPU path (reductions_on_cpu): written by the step's fused row
+// entropy anyway, copied. CPU path (reductions_on_cpu): written by the step's fused row
 // reductions in the transposed embedding's type (the activation type of its CPU matmul: no conversion),
 // chunk-major: vocabulary entry j * chunk + k of canvas row c at (k, c, j) of [chunk, C, n_chunks]. The
 // contraction over the vocabulary then runs as n_chunks products over chunk-long slices whose operands

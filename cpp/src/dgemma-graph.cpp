@@ -84,7 +84,8 @@ namespace {
 bool exact_geglu_on(const ggml_tensor * w) {
     static const bool forced = std::getenv("DGEMMA_FORCE_GEGLU") != nullptr;
     if (forced) return true;
-    if (!w->buffer || cpu_fused_ops_disabled()) return false;
+    // host buffers of those backends ("CUDA_Host") are computed on by the CPU
+    if (!w->buffer || ggml_backend_buffer_is_host(w->buffer) || cpu_fused_ops_disabled()) return false;
     const char * name = ggml_backend_buft_name(ggml_backend_buffer_get_type(w->buffer));
     for (const char * prefix : {"CUDA", "ROCm", "MUSA", "MTL"}) {
         if (std::strncmp(name, prefix, std::strlen(prefix)) == 0) return true;
@@ -99,6 +100,7 @@ ggml_tensor * graph_builder::geglu(ggml_tensor * gate, ggml_tensor * up, const g
 }
 
 ggml_tensor * graph_builder::geglu_fused(ggml_tensor * gu, int64_t n, const ggml_tensor * w) const {
+    GGML_ASSERT(gu->ne[0] == 2 * n);
     if (exact_geglu_on(w)) return ggml_geglu(ctx, gu);   // gelu(first half) * second half
     auto half = [&](size_t off) {
         return ggml_cont(ctx, ggml_view_3d(ctx, gu, n, gu->ne[1], gu->ne[2], gu->nb[1], gu->nb[2], off));

@@ -40,7 +40,7 @@ struct graph_builder {
     // the CPU reads an f16 table, ~1e-2 logit error), or one vectorised CPU kernel where w lives on the CPU
     ggml_tensor * gelu_tanh(ggml_tensor * x, const ggml_tensor * w) const;
     // gelu_tanh(gate) * up. Where w (the gate's weight) lives on CUDA/ROCm/MUSA or Metal, whose GELU is the
-    // exact tanh formula in f32, ggml's GEGLU: one kernel instead of seven
+    // exact tanh formula in f32, ggml's GEGLU: one kernel instead of nine
     ggml_tensor * geglu(ggml_tensor * gate, ggml_tensor * up, const ggml_tensor * w) const;
     // the same for a fused projection gu = [gate | up] along dim 0 (n each)
     ggml_tensor * geglu_fused(ggml_tensor * gu, int64_t n, const ggml_tensor * w) const;
