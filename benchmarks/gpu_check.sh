@@ -125,14 +125,15 @@ free_gpu
 export DGEMMA_SCHED_REPORT=1
 # dgemma-bench: ms/step, committed tok/s, the step's GFLOP/s next to plain products of its dominant shapes,
 # device memory, and the per-op profile (nodes one at a time: slower, for where the time goes). Then A/B
-# runs of single settings: ggml's own MoE tile choice (DGEMMA_MMQ_MOE_NCOLS=0, cmake/PatchGGML.cmake), CUDA
-# graphs off, whether CUDA graphs are captured at all (ggml's debug log), an f16 KV store.
+# runs of single settings: ggml's own MoE tile choice (DGEMMA_MMQ_MOE_NCOLS=0, cmake/PatchGGML.cmake) and
+# tiles for 32 columns, CUDA graphs off, whether CUDA graphs are captured at all (ggml's debug log), an f16 KV store.
 B="python3 -m pygguf_diffusion.bench -m /tmp/real30-q4km.gguf -t 8 --steps 16"
 phase real30 75 190 $B -r 3 --profile --json "$OUT/real30.json"
 # the step as it runs, kernel by kernel (PyTorch's profiler): GPU busy against wall time, the top kernels
 K="python3 benchmarks/gpu_kernels.py -m /tmp/real30-q4km.gguf --steps 4"
 phase real30_kernels 40 150 $K --json "$OUT/real30_kernels.json"
 phase real30_kernels_moe_batch_tiles 40 115 env DGEMMA_MMQ_MOE_NCOLS=0 $K
+phase real30_kernels_moe_ncols32 40 100 env DGEMMA_MMQ_MOE_NCOLS=32 $K
 phase real30_moe_batch_tiles 35 80 env DGEMMA_MMQ_MOE_NCOLS=0 $B -r 3
 phase real30_nographs 35 45 env GGML_CUDA_DISABLE_GRAPHS=1 $B -r 3
 phase real30_graph_log 30 15 python3 -c "import logging, sys; logging.basicConfig(level=logging.DEBUG, stream=sys.stdout)
