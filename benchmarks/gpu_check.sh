@@ -26,44 +26,51 @@ phase() {  # phase NAME MAX_S MIN_LEFT_AFTER CMD...: runs CMD with a deadline th
   local s=$(date +%s)
   timeout -k 5 "$t" "$@" >"$OUT/$name.log" 2>&1
   local rc=$?
-  say "$name: rc=$rc in $(( $(date +%s) - s ))s"; tail -n 25 "$OUT/$name.log" >>"$R"
+  say "$name: rc=$rc in $(( $(date +%s) - s ))s"; tail -n 45 "$OUT/$name.log" >>"$R"
   return $rc
 }
 
 say "gpu_check $(date -u +%FT%TZ) commit $(git rev-parse --short HEAD 2>/dev/null || echo '?')"
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv,noheader 2>&1 | tee -a "$R"
 say "cpu: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2)"
-[ -f .gpu/ggml.tar.xz ] || { say "error: .gpu/ggml.tar.xz is missing: run benchmarks/gpu_prepare.sh here first and carry .gpu"; exit 1; }
+# DRY_RUN_MODEL=small.gguf rehearses the script's flow on any machine (a CPU one included) before device time
+# is spent on it: the module in src/ as it is, that model in place of the released shape, no GPU needed.
+if [ -n "${DRY_RUN_MODEL:-}" ]; then
+  say "dry run: $DRY_RUN_MODEL, the module in src/ as it is"
+  export PYTHONPATH=$PWD/src PYTHONUNBUFFERED=1
+else
+  [ -f .gpu/ggml.tar.xz ] || { say "error: .gpu/ggml.tar.xz is missing: run benchmarks/gpu_prepare.sh here first and carry .gpu"; exit 1; }
 
-python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/dgemma-site .gpu/whl/*.whl >>"$R" 2>&1
-export PYTHONPATH=$PWD/src:/tmp/dgemma-site
-export PYTHONUNBUFFERED=1
+  python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/dgemma-site .gpu/whl/*.whl >>"$R" 2>&1
+  export PYTHONPATH=$PWD/src:/tmp/dgemma-site
+  export PYTHONUNBUFFERED=1
 
-# A module built ahead with CUDA for this machine's Python (gpu_prepare.sh --prebuilt: nvcc 13 here, sm_90,
-# CUDA graphs on) saves the ~250 s build; it is used when it imports and sees the GPU, else we build here.
-built=0
-# cuBLAS / the CUDA runtime for the prebuilt module: the toolkit's, else the ones PyTorch's wheels bring
-for d in /usr/local/cuda/lib64 $(python3 -c "import nvidia, os; print(' '.join(os.path.join(p, 'cu13', 'lib')
-    for p in nvidia.__path__))" 2>/dev/null); do
-  [ -d "$d" ] && export LD_LIBRARY_PATH="${LD_LIBRARY_PATH:+$LD_LIBRARY_PATH:}$d"
-done
-if ls .gpu/prebuilt/_core*.so.xz >/dev/null 2>&1; then
-  python3 -c "import lzma, pathlib, sys
-for f in pathlib.Path('.gpu/prebuilt').glob('_core*.so.xz'):
-    pathlib.Path('src/pygguf_diffusion', f.stem).write_bytes(lzma.decompress(f.read_bytes()))"
-  if python3 -c "from pygguf_diffusion import _core; assert _core.gpu_backends(), 'no GPU backend'" >>"$R" 2>&1; then
-    built=1; say "using the prebuilt module ($(cat .gpu/prebuilt/BUILT 2>/dev/null))"
-  else
-    rm -f src/pygguf_diffusion/_core*.so; say "the prebuilt module does not load here: building"
+  # A module built ahead with CUDA for this machine's Python (gpu_prepare.sh --prebuilt: nvcc 13 here, sm_90,
+  # CUDA graphs on) saves the ~250 s build; it is used when it imports and sees the GPU, else we build here.
+  built=0
+  # cuBLAS / the CUDA runtime for the prebuilt module: the toolkit's, else the ones PyTorch's wheels bring
+  for d in /usr/local/cuda/lib64 $(python3 -c "import nvidia, os; print(' '.join(os.path.join(p, 'cu13', 'lib')
+      for p in nvidia.__path__))" 2>/dev/null); do
+    [ -d "$d" ] && export LD_LIBRARY_PATH="${LD_LIBRARY_PATH:+$LD_LIBRARY_PATH:}$d"
+  done
+  if ls .gpu/prebuilt/_core*.so.xz >/dev/null 2>&1; then
+    python3 -c "import lzma, pathlib, sys
+  for f in pathlib.Path('.gpu/prebuilt').glob('_core*.so.xz'):
+      pathlib.Path('src/pygguf_diffusion', f.stem).write_bytes(lzma.decompress(f.read_bytes()))"
+    if python3 -c "from pygguf_diffusion import _core; assert _core.gpu_backends(), 'no GPU backend'" >>"$R" 2>&1; then
+      built=1; say "using the prebuilt module ($(cat .gpu/prebuilt/BUILT 2>/dev/null))"
+    else
+      rm -f src/pygguf_diffusion/_core*.so; say "the prebuilt module does not load here: building"
+    fi
   fi
-fi
-if [ $built = 0 ]; then
-  python3 -c "import tarfile; tarfile.open('.gpu/ggml.tar.xz').extractall('.gpu')"
-  phase configure 120 400 cmake -S . -B build/gpu -G Ninja -DGGML_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90 \
-    -DGGML_CUDA_GRAPHS=ON -DDGEMMA_BUILD_PYTHON=ON -DCMAKE_BUILD_TYPE=Release \
-    -DDGEMMA_GGML_SOURCE_DIR="$PWD/.gpu/ggml" -Dpybind11_DIR="$(python3 -m pybind11 --cmakedir)" || exit 1
-  phase build 420 120 ninja -C build/gpu -j "$(nproc)" _core || exit 1
-  cp build/gpu/_core*.so src/pygguf_diffusion/
+  if [ $built = 0 ]; then
+    python3 -c "import tarfile; tarfile.open('.gpu/ggml.tar.xz').extractall('.gpu')"
+    phase configure 120 400 cmake -S . -B build/gpu -G Ninja -DGGML_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90 \
+      -DGGML_CUDA_GRAPHS=ON -DDGEMMA_BUILD_PYTHON=ON -DCMAKE_BUILD_TYPE=Release \
+      -DDGEMMA_GGML_SOURCE_DIR="$PWD/.gpu/ggml" -Dpybind11_DIR="$(python3 -m pybind11 --cmakedir)" || exit 1
+    phase build 420 120 ninja -C build/gpu -j "$(nproc)" _core || exit 1
+    cp build/gpu/_core*.so src/pygguf_diffusion/
+  fi
 fi
 python3 -c "from pygguf_diffusion import _core; print('gpu backends:', _core.gpu_backends(), _core.version())" 2>&1 | tee -a "$R"
 
@@ -115,8 +122,13 @@ C=/tmp/dgemma-bench
 # background while the suite runs: the GPU target is <= 8 ms per denoising step and >= 1500 committed
 # tok/s at 16 steps per canvas.
 mk_s=$(( $(left) - 150 )); [ "$mk_s" -lt 30 ] && mk_s=30   # timeout 0 would mean no limit
-( s=$(date +%s); timeout -k 5 "$mk_s" python3 benchmarks/make_real_shape.py /tmp/real30-q4km.gguf \
-    --force >"$OUT/make_real30.log" 2>&1; echo "rc=$? in $(( $(date +%s) - s ))s" >>"$OUT/make_real30.log" ) &
+M=${DRY_RUN_MODEL:-/tmp/real30-q4km.gguf}
+if [ -n "${DRY_RUN_MODEL:-}" ]; then
+  echo "dry run: not written" >"$OUT/make_real30.log" & 
+else
+  ( s=$(date +%s); timeout -k 5 "$mk_s" python3 benchmarks/make_real_shape.py "$M" \
+      --force >"$OUT/make_real30.log" 2>&1; echo "rc=$? in $(( $(date +%s) - s ))s" >>"$OUT/make_real30.log" ) &
+fi
 maker=$!
 phase tests ${TESTS_S:-180} 170 bash -c run_tests
 test_summary
@@ -127,10 +139,10 @@ export DGEMMA_SCHED_REPORT=1
 # device memory, and the per-op profile (nodes one at a time: slower, for where the time goes). Then A/B
 # runs of single settings: ggml's own MoE tile choice (DGEMMA_MMQ_MOE_NCOLS=0, cmake/PatchGGML.cmake) and
 # tiles for 32 columns, CUDA graphs off, whether CUDA graphs are captured at all (ggml's debug log), an f16 KV store.
-B="python3 -m pygguf_diffusion.bench -m /tmp/real30-q4km.gguf -t 8 --steps 16"
+B="python3 -m pygguf_diffusion.bench -m $M -t 8 --steps 16"
 phase real30 75 190 $B -r 3 --profile --json "$OUT/real30.json"
 # the step as it runs, kernel by kernel (PyTorch's profiler): GPU busy against wall time, the top kernels
-K="python3 benchmarks/gpu_kernels.py -m /tmp/real30-q4km.gguf --steps 4"
+K="python3 benchmarks/gpu_kernels.py -m $M --steps 4"
 phase real30_kernels 40 150 $K --json "$OUT/real30_kernels.json"
 phase real30_kernels_moe_batch_tiles 40 115 env DGEMMA_MMQ_MOE_NCOLS=0 $K
 phase real30_kernels_moe_ncols32 40 100 env DGEMMA_MMQ_MOE_NCOLS=32 $K
@@ -138,7 +150,7 @@ phase real30_moe_batch_tiles 35 80 env DGEMMA_MMQ_MOE_NCOLS=0 $B -r 3
 phase real30_nographs 35 45 env GGML_CUDA_DISABLE_GRAPHS=1 $B -r 3
 phase real30_graph_log 30 15 python3 -c "import logging, sys; logging.basicConfig(level=logging.DEBUG, stream=sys.stdout)
 from pygguf_diffusion import _logging; _logging.install()
-from pygguf_diffusion.bench import main; main(['-m', '/tmp/real30-q4km.gguf', '-t', '8', '--steps', '16', '-r', '1'])"
+from pygguf_diffusion.bench import main; main(['-m', '$M', '-t', '8', '--steps', '16', '-r', '1'])"
 grep -o "CUDA graph[a-z ]*\|CUDA Graph id [0-9]* reused" "$OUT/real30_graph_log.log" | sed 's/id [0-9]*/id N/' | sort | uniq -c >>"$R"
 phase real30_kvf16 35 10 $B -r 3 -ctk f16 -ctv f16
 # transformers at the real widths (two layers) on the same GPU: over 100 s, so only when asked
