@@ -83,6 +83,49 @@ def test_the_rule_catches_an_unpadded_full_layer():
     assert not ok and "head dim 512 needs the GQA kernel" in why
 
 
+# ggml-cuda fuses the MoE routing into one kernel when its nodes come in this order (ggml_cuda_topk_moe_fusion
+# with the norm: softmax, top-k, gathered probabilities renormalised by a clamped sum), and the weighted sum
+# of the experts when MUL(experts, weights) is followed by K views and K - 1 adds
+# (ggml_cuda_match_moe_weighted_reduction). A node in between, or another order, runs them one kernel each.
+TOPK_MOE = ["SOFT_MAX", "RESHAPE", "ARGSORT", "VIEW", "GET_ROWS", "RESHAPE", "SUM_ROWS", "CLAMP", "DIV", "RESHAPE"]
+
+
+def check_moe_order(graph, where):
+    routers = [i for i, n in enumerate(graph) if n["op"] == "SOFT_MAX" and n["name"].startswith("router_probs-")]
+    assert routers, where
+    for i in routers:
+        seq = graph[i:i + len(TOPK_MOE)]
+        assert [n["op"] for n in seq] == TOPK_MOE, (where, graph[i]["name"], [n["op"] for n in seq])
+        src = [[t["name"] if t else None for t in n["src"][:2]] for n in seq]
+        name = [n["name"] for n in seq]
+        # the links the matcher follows
+        assert src[1][0] == name[0] and src[2][0] == name[0] and src[3][0] == name[2], where
+        assert src[4] == [name[1], name[3]] and src[5][0] == name[4] and src[6][0] == name[5], where
+        assert src[7][0] == name[6] and src[8] == [name[5], name[7]] and src[9][0] == name[8], where
+    weighted = [i for i, n in enumerate(graph) if n["op"] == "MUL" and n["src"][1]
+                and n["src"][1]["name"].startswith("expert_weights-")]
+    assert len(weighted) == len(routers), where
+    for i in weighted:
+        k = graph[i]["ne"][1]
+        ops = [n["op"] for n in graph[i + 1:i + 2 * k]]
+        assert ops[:2] == ["VIEW", "VIEW"] and ops.count("VIEW") == k and ops.count("ADD") == k - 1, (where, ops)
+        views = 0
+        for op in ops:   # every add sums the views so far
+            views += op == "VIEW"
+            assert op == "VIEW" or views >= 2, (where, ops)
+
+
+def test_moe_routing_and_weighted_sum_come_in_the_order_cuda_fuses(converted):
+    m = _core.Model(str(converted("long256", "f32")), 0, False)
+    ctx = _core.Context(m, 512, 256, 2)
+    ctx.encode(np.arange(3, 40, dtype=np.int32))
+    check_moe_order(ctx.last_graph(), "encoder")
+    canvas = np.arange(3, 3 + ctx.canvas_length, dtype=np.int32)
+    ctx.decode_step(canvas, None, 1.0, False)
+    ctx.decode_step(canvas, "previous", 1.0, False)
+    check_moe_order(ctx.last_graph(), "decoder")
+
+
 def test_vocabulary_wide_products_ask_for_f32_accumulation(converted):
     # self-conditioning (probabilities @ the transposed embedding) and the tied output layer contract over
     # the vocabulary or the hidden size; on CUDA an f16 operand would otherwise be accumulated in half

@@ -55,15 +55,16 @@ size_t set_self_conditioning(ggml_tensor * sc_state, const sc_layout & lay, cons
     return ggml_nbytes(sc_state);
 }
 
-decoder_graph build_decoder(const graph_builder & g, const kv_store & kv, ggml_tensor * sc_state, int32_t C,
+decoder_graph build_decoder(const graph_builder & g_in, const kv_store & kv, ggml_tensor * sc_state, int32_t C,
                             int graph_size, int32_t n_past, draw_kind dk) {
-    ggml_context * ctx = g.ctx;
-    const hparams & hp = g.hp();
-    const model & m = g.m;
+    ggml_context * ctx = g_in.ctx;
     const int32_t P = n_past >= 0 ? n_past : kv.n_past();
     decoder_graph dg;
     dg.n_past = P;
     dg.gf = ggml_new_graph_custom(ctx, graph_size, false);
+    const graph_builder g{ctx, g_in.m, dg.gf};
+    const hparams & hp = g.hp();
+    const model & m = g.m;
 
     dg.tokens = g.name(ggml_new_tensor_1d(ctx, GGML_TYPE_I32, C), "dec_tokens");
     dg.pos = g.new_position_inputs(C);

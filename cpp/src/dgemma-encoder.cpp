@@ -5,13 +5,14 @@
 
 namespace dgemma {
 
-encoder_graph build_encoder(const graph_builder & g, const kv_store & kv, int32_t T, int graph_size,
+encoder_graph build_encoder(const graph_builder & g_in, const kv_store & kv, int32_t T, int graph_size,
                             int32_t n_past) {
-    ggml_context * ctx = g.ctx;
-    const hparams & hp = g.hp();
+    ggml_context * ctx = g_in.ctx;
     const int32_t P = n_past >= 0 ? n_past : kv.n_past();
     encoder_graph eg;
     eg.gf = ggml_new_graph_custom(ctx, graph_size, false);
+    const graph_builder g{ctx, g_in.m, eg.gf};
+    const hparams & hp = g.hp();
 
     eg.tokens = g.name(ggml_new_tensor_1d(ctx, GGML_TYPE_I32, T), "enc_tokens");
     eg.pos = g.new_position_inputs(T);

@@ -173,11 +173,16 @@ ggml_tensor * graph_builder::moe(ggml_tensor * x, int il) const {
     ggml_tensor * probs = name(ggml_soft_max(ctx, ggml_mul_mat(ctx, L.router, z)), "router_probs", il);  // [E, T]
     ggml_tensor * idx = ggml_argsort_top_k(ctx, probs, (int) K);                                             // [K, T]
     ggml_tensor * w = ggml_reshape_2d(ctx, ggml_get_rows(ctx, ggml_reshape_3d(ctx, probs, 1, E, T), idx), K, T);
-    w = ggml_div(ctx, w, ggml_sum_rows(ctx, w));                                  // renormalise over the top-k
+    // renormalised over the top-k. The clamp never acts (the sum holds the largest of E probabilities, so it
+    // is >= 1/E); with it, and expanded here first, softmax .. div .. reshape come out in exactly the order
+    // ggml-cuda fuses into one routing kernel (ggml_cuda_topk_moe_fusion in the pinned source)
+    w = ggml_div(ctx, w, ggml_clamp(ctx, ggml_sum_rows(ctx, w), 0.5f / (float) E, INFINITY));
+    w = ggml_reshape_3d(ctx, w, 1, K, T);
+    if (gf) ggml_build_forward_expand(gf, w);
     // per_expert_scale applies after the renormalisation
     ggml_tensor * idx_flat = ggml_reshape_1d(ctx, ggml_cont(ctx, idx), K * T);
     ggml_tensor * s = ggml_get_rows(ctx, ggml_reshape_2d(ctx, L.exp_scale, 1, E), idx_flat);   // [1, K*T]
-    w = name(ggml_mul(ctx, w, ggml_reshape_2d(ctx, s, K, T)), "expert_weights", il);
+    w = name(ggml_mul(ctx, w, ggml_reshape_3d(ctx, s, 1, K, T)), "expert_weights", il);        // [1, K, T]
 
     ggml_tensor * xe = ggml_reshape_3d(ctx, rms(x, L.pre_ffw_norm_2), H, 1, T);
     ggml_tensor * act;                                                             // [EI, K, T]
@@ -187,7 +192,7 @@ ggml_tensor * graph_builder::moe(ggml_tensor * x, int il) const {
         act = geglu(ggml_mul_mat_id(ctx, L.exp_gate, xe, idx), ggml_mul_mat_id(ctx, L.exp_up, xe, idx), L.exp_gate);
     }
     ggml_tensor * y = ggml_mul_mat_id(ctx, L.exp_down, act, idx);                  // [H, K, T]
-    y = ggml_mul(ctx, y, ggml_reshape_3d(ctx, w, 1, K, T));
+    y = ggml_mul(ctx, y, w);
     ggml_tensor * sum = nullptr;
     for (int64_t k = 0; k < K; k++) {
         ggml_tensor * yk = ggml_view_2d(ctx, y, H, T, y->nb[2], (size_t) k * y->nb[1]);

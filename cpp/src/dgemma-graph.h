@@ -30,6 +30,9 @@ size_t set_position_inputs(const position_inputs & pi, const position_values & p
 struct graph_builder {
     ggml_context * ctx;
     const model & m;
+    // the graph being built, where a builder expands a part early so that its nodes come out in the order a
+    // backend fuses (null: no such hints)
+    ggml_cgraph * gf = nullptr;
 
     const hparams & hp() const { return m.info.hp; }
     ggml_tensor * name(ggml_tensor * t, const char * what, int il = -1) const;
