@@ -64,8 +64,8 @@ public:
         const int64_t C = m_->info.diffusion.canvas_length;
         ggml_init_params ip = { ggml_tensor_overhead() * 2, nullptr, true };
         sc_ctx_.reset(ggml_init(ip));
-        sc_layout_ = self_conditioning_layout(*m_);
-        sc_state_ = ggml_new_tensor_3d(sc_ctx_.get(), sc_layout_.type, sc_layout_.chunk, C, sc_layout_.n_chunks);
+        const sc_layout lay = self_conditioning_layout(*m_);
+        sc_state_ = ggml_new_tensor_3d(sc_ctx_.get(), lay.type, lay.chunk, C, lay.n_chunks);
         ggml_set_name(sc_state_, "sc_state");
         sc_buf_.reset(ggml_backend_alloc_ctx_tensors(sc_ctx_.get(), m_->backend_globals));
         if (!sc_buf_) throw error("cannot allocate the self-conditioning state (" + std::to_string(ggml_nbytes(sc_state_) >> 20) + " MiB)");
@@ -194,7 +194,7 @@ public:
         }
         step_input_bytes_ = 0;
         if (sp.sc == self_cond::given) {
-            step_input_bytes_ += set_self_conditioning(sc_state_, sc_layout_, sp.sc_logits, V, C);
+            step_input_bytes_ += set_self_conditioning(sc_state_, sp.sc_logits);
         }
         // Without self-conditioning the step multiplies the state's product by 0, which is exactly 0 only
         // when sc_state is finite. A step's own softmax is; the softmax of logits a caller gave (an inf among
@@ -382,7 +382,6 @@ private:
     std::unique_ptr<ggml_backend_sched, free_sched> sched_;
     std::unique_ptr<ggml_context, free_ctx> sc_ctx_;
     ggml_tensor * sc_state_ = nullptr;
-    sc_layout sc_layout_;
     std::unique_ptr<ggml_backend_buffer, free_buffer> sc_buf_;
     graph_arena arena_, dec_arena_;
     decoder_graph dec_;

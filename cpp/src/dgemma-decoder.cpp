@@ -35,11 +35,12 @@ draw_kind draw_kind_for(const draw_params & d) {
     return d.temperature == 1.0f ? draw_kind::step_softmax : draw_kind::scaled;
 }
 
-size_t set_self_conditioning(ggml_tensor * sc_state, const sc_layout & lay, const float * logits, int64_t V, int64_t C) {
+size_t set_self_conditioning(ggml_tensor * sc_state, const float * logits) {
     // the CPU path's state lives in a host buffer and each row is written in place; the generic path's is
     // F32 [V, C, 1] on its device, uploaded in one piece
+    const int64_t V = sc_state->ne[0] * sc_state->ne[2], C = sc_state->ne[1];
     const bool host = sc_state->buffer && ggml_backend_buffer_is_host(sc_state->buffer);
-    GGML_ASSERT(host || (lay.n_chunks == 1 && lay.type == GGML_TYPE_F32));
+    GGML_ASSERT(host || (sc_state->ne[2] == 1 && sc_state->type == GGML_TYPE_F32));
     std::vector<float> rows((size_t) (host ? 1 : C) * V);
     for (int64_t c = 0; c < C; c++) {
         const float * x = logits + c * V;
@@ -108,19 +109,18 @@ decoder_graph build_decoder(const graph_builder & g_in, const kv_store & kv, ggm
     // A contraction over the vocabulary: cuBLAS would accumulate an f16 operand in half precision; F32 asked
     // keeps it in f32 (as the CPU kernels do), and f16 storage then beats bf16 (NMSE ~6e-8 against ~3e-6 for
     // peaked softmax rows, float64 reference, measured with torch's rounding).
-    const sc_layout lay = self_conditioning_layout(m);
-    // the previous step's softmax; on the CPU path in slices: n products [chunk, H] x [chunk, C] over views
-    // of E^T, summed
-    const int64_t H = m.tok_embd_t->ne[1];
+    // the previous step's softmax, in the state's layout (sc_layout); on the CPU path in slices: n products
+    // [chunk, H] x [chunk, C] over views of E^T, summed
+    const int64_t H = m.tok_embd_t->ne[1], chunk = sc_state->ne[0], n_chunks = sc_state->ne[2];
     ggml_tensor * et = m.tok_embd_t;
-    if (lay.n_chunks > 1) {
-        et = ggml_view_3d(ctx, m.tok_embd_t, lay.chunk, H, lay.n_chunks, m.tok_embd_t->nb[1],
-                          (size_t) lay.chunk * ggml_element_size(m.tok_embd_t), 0);
+    if (n_chunks > 1) {
+        et = ggml_view_3d(ctx, m.tok_embd_t, chunk, H, n_chunks, m.tok_embd_t->nb[1],
+                          (size_t) chunk * ggml_element_size(m.tok_embd_t), 0);
         ggml_set_name(et, "token_embd_t");   // the weight's name in profiles and graph dumps
     }
     ggml_tensor * soft = ggml_mul_mat(ctx, et, sc_state);                                 // [H, C, n]
     ggml_prec_set_acc(soft, GGML_PREC_F32);
-    if (lay.n_chunks > 1) soft = ggml_sum_rows(ctx, ggml_cont(ctx, ggml_permute(ctx, soft, 1, 2, 0, 3)));
+    if (n_chunks > 1) soft = ggml_sum_rows(ctx, ggml_cont(ctx, ggml_permute(ctx, soft, 1, 2, 0, 3)));
     soft = ggml_reshape_2d(ctx, soft, H, C);                                              // [H, C]
     soft = ggml_mul(ctx, ggml_scale(ctx, soft, m.embd_scale), dg.sc_on);
     ggml_tensor * sc = g.mlp(g.rms(soft, m.sc_pre_norm), m.sc_gate, m.sc_up, m.sc_down);

@@ -52,10 +52,11 @@ struct sc_layout {
     int64_t chunk = 0;        // entries per slice (V when n_chunks is 1, always on the generic path)
     int64_t n_chunks = 1;
 };
+// The layout a context creates its state in; the state tensor [chunk, C, n_chunks] then carries it.
 sc_layout self_conditioning_layout(const model & m);
 // Sets sc_state from processed logits a caller gave ([C][V] floats): their softmax (double sums) in the
-// layout's type and order. Returns the bytes written.
-size_t set_self_conditioning(ggml_tensor * sc_state, const sc_layout & lay, const float * logits, int64_t V, int64_t C);
+// state's type and order. Returns the bytes written.
+size_t set_self_conditioning(ggml_tensor * sc_state, const float * logits);
 
 // What the generic path's categorical draw samples from (the CPU kernel handles every case itself):
 // nothing (greedy: the host takes the argmax), the step's own softmax (draw temperature 1, the default:
