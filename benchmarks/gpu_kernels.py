@@ -12,7 +12,6 @@ Needs a CUDA build of the module and PyTorch with CUDA (the GPU machine has both
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from collections import defaultdict
@@ -135,11 +134,9 @@ def main(argv: list[str] | None = None) -> int:
     except (RuntimeError, OSError, ValueError, ImportError) as e:
         print(f"error: cannot profile the GPU kernels: {e}", file=sys.stderr)
         return 1
-    print(report(res))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(res, f, indent=1)
-    return 0
+    from pygguf_diffusion.bench import write_results
+
+    return write_results(res, report(res), args.json)
 
 
 if __name__ == "__main__":

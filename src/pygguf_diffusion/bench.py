@@ -265,10 +265,24 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130
-    print(report(res))
-    if args.json:
-        with open(args.json, "w") as fh:
-            json.dump(res, fh, indent=2)
+    return write_results(res, report(res), args.json)
+
+
+def write_results(res: dict[str, Any], text: str, json_path: str | None) -> int:
+    """Prints a benchmark's report and writes its figures as JSON, whole or not at all; the exit status."""
+    from pathlib import Path
+
+    from .atomic_output import atomic_output
+
+    print(text)
+    if json_path:
+        try:
+            with atomic_output(Path(json_path), True, OSError) as tmp:
+                tmp.write_text(json.dumps(res, indent=2))
+        except OSError as e:
+            print(f"error: cannot write the results: {e}: pass a --json path in a writable directory",
+                  file=sys.stderr)
+            return 1
     return 0
 
 
