@@ -6,9 +6,6 @@ gate and up gives an NMSE of 7e-2; the table's error 3e-9."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,12 +13,13 @@ import pytest
 
 from gguf_edit import rewrite
 from pygguf_diffusion.bundled import bundled_model_path
+from reduction_paths import GENERIC, run_with_envs
 
 BUNDLED = bundled_model_path()
 pytestmark = pytest.mark.skipif(BUNDLED is None, reason="the bundled model is not in this checkout")
 
 PROBE = """
-import json, sys, numpy as np
+import json, os, sys, numpy as np
 from pygguf_diffusion import _core
 m = _core.Model(sys.argv[1], 0, False)
 ctx = _core.Context(m, 128, 64, 2)
@@ -29,20 +27,18 @@ C, V = ctx.canvas_length, m.info()["hparams"]["n_vocab"]
 ctx.encode(np.arange(2, 30, dtype=np.int32))
 canvas = (np.arange(C, dtype=np.int32) * 37 + 5) % V
 ctx.decode_step(canvas, None, 0.7, False)
-np.save(sys.argv[2], np.array(ctx.decode_step(canvas, "previous", 0.7, True)))
+np.save(os.environ["PROBE_OUT"], np.array(ctx.decode_step(canvas, "previous", 0.7, True)))
 ops = [n["op"] for n in ctx.last_graph()]
 print(json.dumps({"geglu": ops.count("GEGLU"), "tanh": ops.count("TANH"), "n_layer": m.info()["hparams"]["n_layer"]}))
 """
 
 
-def _run(model: Path, out: Path, force: bool) -> dict:
-    env = {**os.environ, "DGEMMA_GENERIC_REDUCTIONS": "1"}
-    if force:
-        env["DGEMMA_FORCE_GEGLU"] = "1"
-    r = subprocess.run([sys.executable, "-c", PROBE, str(model), str(out)], capture_output=True, text=True,
-                       timeout=120, env=env)
-    assert r.returncode == 0, r.stderr
-    return json.loads(r.stdout.splitlines()[-1])
+def _run(model: Path, out_dir: Path) -> tuple[dict, dict]:
+    """(composed, forced) runs on the generic path, logits saved as composed.npy / forced.npy."""
+    composed, forced = (json.loads(lines[-1]) for lines in run_with_envs(
+        PROBE, [{**GENERIC, "PROBE_OUT": str(out_dir / "composed.npy")},
+                {**GENERIC, "PROBE_OUT": str(out_dir / "forced.npy"), "DGEMMA_FORCE_GEGLU": "1"}], (str(model),)))
+    return composed, forced
 
 
 @pytest.mark.parametrize("split", [False, True], ids=["fused gate_up", "split gate and up"])
@@ -50,8 +46,7 @@ def test_geglu_wiring_matches_the_composed_ops(tmp_path, split):
     model = Path(BUNDLED)
     if split:
         model = rewrite(model, tmp_path / "split.gguf", split_gate_up=True)
-    composed = _run(model, tmp_path / "composed.npy", force=False)
-    forced = _run(model, tmp_path / "forced.npy", force=True)
+    composed, forced = _run(model, tmp_path)
     # one GEGLU per dense MLP and per expert block in every layer, and the self-conditioning MLP; their
     # composed tanh gone (the softcap's stays)
     n = 2 * composed["n_layer"] + 1
