@@ -15,20 +15,27 @@ from reduction_paths import run_both_reduction_paths
 
 BUNDLED = bundled_model_path()
 
-F32, F16, BF16 = 0, 1, 30   # ggml type ids
+F32, F16, Q4_0, Q8_0, BF16 = 0, 1, 2, 8, 30   # ggml type ids
 
-# the embedding's stored type -> the transposed copy and state type on the CPU path, and the bound on the
-# NMSE between the two paths' self-conditioned logits. The generic path rounds the f32 softmax to the
-# copy's type inside its matmul, as the fused kernel does when it stores it; the paths differ by the
-# slicing, the exp implementations (an ulp in a probability can flip its 16-bit rounding), the fused gelu /
-# softcap, and for q4_0 the copy's type (BF16 / F16). Measured: f32 1.2e-14, bf16 4.2e-8, q8_0 3.7e-15
-# (4.2e-7 in the ASan build, whose exp differs), q4_0 1.0e-6; a wrong layout or type gives ~1e-1.
-CASES = [("f32", F32, 1e-12), ("bf16", BF16, 5e-6), ("q8_0", F16, 5e-6), ("q4_0", BF16, 2e-5)]
+# the embedding's stored type -> the transposed copy and state type on the CPU path, for a CPU that
+# multiplies bf16 natively (AVX512_BF16) and one that does not (DGEMMA_NATIVE_BF16 decides either way), and
+# the bound on the NMSE between the two paths' self-conditioned logits. The generic path rounds the f32
+# softmax to the copy's type inside its matmul, as the fused kernel does when it stores it; the paths differ
+# by the slicing, the exp implementations (an ulp in a probability can flip its 16-bit rounding), the fused
+# gelu / softcap, for q4_0 the copy's type (BF16 / F16), and for bf16 without native bf16 the F16 copies
+# (the output layer's activations round to f16 instead of bf16). Measured 2026-11-28: f32 1.1e-14, bf16
+# 1.2e-12 (F16 copies: 6.3e-8), q8_0 3.2e-15 (4.2e-7 in the ASan build, whose exp differs), q4_0 8.2e-7
+# (F16 on both paths: 3.2e-15); a wrong layout or type gives ~1e-1.
+CASES = [("f32", "1", F32, 1e-12), ("bf16", "1", BF16, 5e-6), ("q8_0", "1", F16, 5e-6), ("q4_0", "1", BF16, 2e-5),
+         ("f32", "0", F32, 1e-12), ("bf16", "0", F16, 5e-6), ("q8_0", "0", F16, 5e-6), ("q4_0", "0", F16, 5e-6)]
 
 
 @pytest.mark.skipif(BUNDLED is None, reason="the bundled model is not in this checkout")
-@pytest.mark.parametrize("outtype,state_type,bound", CASES, ids=[c[0] for c in CASES])
-def test_state_type_slices_and_agreement_with_the_generic_path(tmp_path, outtype, state_type, bound):
+@pytest.mark.parametrize("outtype,native_bf16,state_type,bound", CASES,
+                         ids=[f"{c[0]}-native_bf16={c[1]}" for c in CASES])
+def test_state_type_slices_and_agreement_with_the_generic_path(tmp_path, monkeypatch, outtype, native_bf16,
+                                                               state_type, bound):
+    monkeypatch.setenv("DGEMMA_NATIVE_BF16", native_bf16)
     # the trained bundled model: a random one amplifies any rounding difference chaotically
     path = tmp_path / f"m-{outtype}.gguf"
     requantize(BUNDLED, path, outtype)
@@ -42,10 +49,12 @@ ctx.encode(np.arange(2, 30, dtype=np.int32))
 canvas = (np.arange(C, dtype=np.int32) * 37 + 5) % V
 ctx.decode_step(canvas, None, 0.7, False)
 logits = np.array(ctx.decode_step(canvas, "previous", 0.7, True))
-sc = [n for n in ctx.last_graph() if n["op"] == "MUL_MAT" and n["src"][0]["name"] == "token_embd_t"][0]
+graph = ctx.last_graph()
+sc = [n for n in graph if n["op"] == "MUL_MAT" and n["src"][0]["name"] == "token_embd_t"][0]
+head = [n for n in graph if n["op"] == "MUL_MAT" and n["src"][0]["name"] == "token_embd.weight"][0]
 np.save({str(path) + "."!r} + __import__("os").environ.get("DGEMMA_GENERIC_REDUCTIONS", "fused") + ".npy", logits)
 print(json.dumps({{"w": sc["src"][0]["type"], "s": sc["src"][1]["type"], "s_ne": sc["src"][1]["ne"],
-                  "sc_bytes": ctx.memory()["sc_bytes"], "C": C, "V": V}}))
+                  "head": head["src"][0]["type"], "sc_bytes": ctx.memory()["sc_bytes"], "C": C, "V": V}}))
 """
     fused, generic = (json.loads(out[-1]) for out in run_both_reduction_paths(code))
     C, V = fused["C"], fused["V"]
@@ -56,7 +65,11 @@ print(json.dumps({{"w": sc["src"][0]["type"], "s": sc["src"][1]["type"], "s_ne":
     # generic: the softmax in f32, one product over the whole vocabulary; a quantized embedding
     # copied as F16 there
     assert generic["s"] == F32 and generic["s_ne"] == [V, C, 1, 1]
-    assert generic["w"] == (F16 if outtype in ("q8_0", "q4_0") else state_type)
+    file_type = {"f32": F32, "bf16": BF16, "q8_0": Q8_0, "q4_0": Q4_0}[outtype]
+    assert generic["w"] == (F16 if outtype in ("q8_0", "q4_0") else file_type)
+    # the output layer reads the file's tensor, but for bf16 without native bf16 on the CPU path: an F16 copy
+    assert generic["head"] == file_type
+    assert fused["head"] == (F16 if outtype == "bf16" and native_bf16 == "0" else file_type)
     assert generic["sc_bytes"] == 4 * V * C
     a = np.load(f"{path}.fused.npy").astype(np.float64)
     b = np.load(f"{path}.1.npy").astype(np.float64)

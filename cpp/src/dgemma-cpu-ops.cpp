@@ -34,15 +34,6 @@ void map_rows(ggml_tensor * dst, const ggml_tensor * a, int ith, int nth, F fn) 
     }
 }
 
-void softcap_rows(ggml_tensor * dst, const ggml_tensor * a, int ith, int nth, void * userdata) {
-    const float cap = *(const float *) userdata;
-    const float inv = 1.0f / cap;
-    map_rows(dst, a, ith, nth, [cap, inv](const float * x, float * y, int64_t n) {
-#pragma omp simd
-        for (int64_t i = 0; i < n; i++) y[i] = cap * tanhf(x[i] * inv);
-    });
-}
-
 void gelu_rows(ggml_tensor * dst, const ggml_tensor * a, int ith, int nth, void * /*userdata*/) {
     map_rows(dst, a, ith, nth, [](const float * x, float * y, int64_t n) {
         const float c = 0.7978845608028654f;   // sqrt(2 / pi)
@@ -99,91 +90,167 @@ int64_t restricted_draw(const float * x, int64_t V, float mx, float tau, int64_t
     return idx[(size_t) j];
 }
 
-// The first maximum: per-lane maxima (each lane keeps its first), then the lowest index among the lanes
-// that hold the overall maximum. Vectorises where the scalar compare-and-branch loop does not.
-void first_max(const float * x, int64_t V, float & mx, int64_t & am) {
-    constexpr int L = 16;
-    mx = x[0];
-    am = 0;
-    if (V < 2 * L) {
-        for (int64_t i = 1; i < V; i++) {
-            if (x[i] > mx) { mx = x[i]; am = i; }
+// A row is walked in blocks of this many entries: each pass over a block finds it in L1.
+constexpr int64_t ROW_BLOCK = 2048;
+// The sample's inverse CDF skips blocks of this many entries by their sums (a divisor of ROW_BLOCK).
+constexpr int64_t CDF_BLOCK = 256;
+
+// The first maximum of a row fed block by block: per-lane maxima (each lane keeps its first), then the
+// lowest index among the lanes that hold the overall maximum. Vectorises where the scalar
+// compare-and-branch loop does not. Blocks come in index order, each a multiple of L long but the last.
+struct first_max_lanes {
+    static constexpr int L = 16;
+    float m[L];
+    int64_t at[L];
+    int64_t seen = 0;
+
+    void feed(const float * x, int64_t i0, int64_t n) {
+        int64_t i = 0;
+        if (seen == 0) {   // no infinity constants: this file is compiled with -ffast-math
+            for (int j = 0; j < L; j++) { m[j] = x[std::min<int64_t>(j, n - 1)]; at[j] = std::min<int64_t>(j, n - 1); }
         }
-        return;
+        for (; i + L <= n; i += L) {
+            for (int j = 0; j < L; j++) {
+                const bool gt = x[i + j] > m[j];
+                m[j] = gt ? x[i + j] : m[j];
+                at[j] = gt ? i0 + i + j : at[j];
+            }
+        }
+        for (; i < n; i++) {   // the row's tail: lane (i0 + i) % L, still in index order within the lane
+            const int j = (int) ((i0 + i) % L);
+            if (x[i] > m[j]) { m[j] = x[i]; at[j] = i0 + i; }
+        }
+        seen += n;
     }
-    // no infinity constants: this file is compiled with -ffast-math
-    float lm[L];
-    int64_t li[L];
-    for (int j = 0; j < L; j++) { lm[j] = x[j]; li[j] = j; }
-    int64_t i = L;
-    for (; i + L <= V; i += L) {
-        for (int j = 0; j < L; j++) {
-            const bool gt = x[i + j] > lm[j];
-            lm[j] = gt ? x[i + j] : lm[j];
-            li[j] = gt ? i + j : li[j];
+
+    void result(float & mx, int64_t & am) const {
+        mx = m[0];
+        am = at[0];
+        for (int j = 1; j < L; j++) {
+            if (m[j] > mx || (m[j] == mx && at[j] < am)) { mx = m[j]; am = at[j]; }
         }
     }
-    for (int j = 0; j < L; j++) {
-        if (lm[j] > mx || (lm[j] == mx && li[j] < am)) { mx = lm[j]; am = li[j]; }
-    }
-    for (; i < V; i++) {
-        if (x[i] > mx) { mx = x[i]; am = i; }
-    }
-}
+};
 
 // The count of leading entries whose running sum (double) stays below target, V - 1 at most. Blocks whose
-// sum leaves the running total below target are skipped whole; the block that crosses is walked.
-int64_t count_below(const float * e, int64_t V, double target) {
-    constexpr int64_t B = 256;
+// sum (bsum[k] for entries [k * CDF_BLOCK, (k + 1) * CDF_BLOCK)) leaves the running total below target are
+// skipped whole; the block that crosses is walked.
+int64_t count_below(const float * e, int64_t V, const std::vector<double> & bsum, double target) {
     double cdf = 0.0;
     int64_t i = 0;
-    for (; i + B <= V; i += B) {
-        double bs = 0.0;
-#pragma omp simd reduction(+ : bs)
-        for (int64_t j = 0; j < B; j++) bs += e[i + j];
-        if (cdf + bs >= target) break;
-        cdf += bs;
+    for (size_t k = 0; k < bsum.size() && i + CDF_BLOCK <= V; k++, i += CDF_BLOCK) {
+        if (cdf + bsum[k] >= target) break;
+        cdf += bsum[k];
     }
     while (i < V && (cdf += e[i]) < target) i++;
     return i < V ? i : V - 1;
 }
 
-void reduce_rows(ggml_tensor * dst, int ith, int nth, void * /*userdata*/) {
+// One canvas row, in three passes over its blocks:
+//   1. the logits' softcap, written back (the graph's logits output is the capped one), the processed row
+//      lp = logits / temperature and the first maximum;
+//   2. e = exp(lp - max), the sums of e and e * lp (double), and per-CDF_BLOCK sums for the draw;
+//   3. after the draw: softmax = e / sum, stored in the self-conditioning state's type.
+// Pass 1 is the one that reads the row from memory; the later passes find it in L2.
+struct row_reducer {
+    int64_t V;
+    float cap, inv_cap, inv_t;
+    std::vector<float> e, lp, w;
+    std::vector<int32_t> idx;
+    std::vector<double> bsum;
+
+    row_reducer(int64_t V, float cap, float inv_t, bool restricted)
+        : V(V), cap(cap), inv_cap(cap > 0.0f ? 1.0f / cap : 0.0f), inv_t(inv_t), e((size_t) V),
+          bsum((size_t) (V / CDF_BLOCK)) {
+        if (inv_t != 1.0f) lp.resize((size_t) V);
+        if (restricted) {
+            w.resize((size_t) V);
+            idx.resize((size_t) V);
+        }
+    }
+
+    // passes 1 and 2 over `row` (modified in place when capped); returns the processed row
+    const float * scan(float * row, float & mx, int64_t & am, double & sum, double & sum_ex) {
+        first_max_lanes fm;
+        const float * x = inv_t != 1.0f ? lp.data() : row;
+        for (int64_t b = 0; b < V; b += ROW_BLOCK) {
+            const int64_t n = std::min(ROW_BLOCK, V - b);
+            float * xb = row + b;
+            if (cap > 0.0f) {
+                const float c = cap, inv = inv_cap;
+#pragma omp simd
+                for (int64_t i = 0; i < n; i++) xb[i] = c * tanhf(xb[i] * inv);
+            }
+            if (inv_t != 1.0f) {
+                float * lb = lp.data() + b;
+                const float it = inv_t;
+#pragma omp simd
+                for (int64_t i = 0; i < n; i++) lb[i] = xb[i] * it;
+            }
+            fm.feed(x + b, b, n);
+        }
+        fm.result(mx, am);
+        sum = 0.0;
+        sum_ex = 0.0;
+        float * ep = e.data();
+        for (int64_t b = 0; b < V; b += ROW_BLOCK) {
+            const int64_t n = std::min(ROW_BLOCK, V - b);
+            const float * xb = x + b;
+            float * eb = ep + b;
+            const float m = mx;
+#pragma omp simd
+            for (int64_t i = 0; i < n; i++) eb[i] = expf(xb[i] - m);
+            for (int64_t s = 0; s < n; s += CDF_BLOCK) {
+                const int64_t k = std::min(CDF_BLOCK, n - s);
+                double bs = 0.0, bx = 0.0;
+#pragma omp simd reduction(+ : bs, bx)
+                for (int64_t i = s; i < s + k; i++) {
+                    bs += eb[i];
+                    bx += (double) eb[i] * xb[i];
+                }
+                if (k == CDF_BLOCK) bsum[(size_t) ((b + s) / CDF_BLOCK)] = bs;
+                sum += bs;
+                sum_ex += bx;
+            }
+        }
+        return x;
+    }
+
+    // pass 3: softmax as ggml's soft_max scales it (by the float reciprocal of the double sum), stored
+    void store(ggml_tensor * probs, int64_t r, double sum) {
+        const float scale = (float) (1.0 / sum);
+        float * ep = e.data();
+        for (int64_t b = 0; b < V; b += ROW_BLOCK) {
+            const int64_t n = std::min(ROW_BLOCK, V - b);
+            float * eb = ep + b;
+#pragma omp simd
+            for (int64_t i = 0; i < n; i++) eb[i] *= scale;
+            store_softmax_span(probs, r, b, eb, n);
+        }
+    }
+};
+
+void reduce_rows(ggml_tensor * dst, int ith, int nth, void * userdata) {
     const ggml_tensor * logits = dst->src[0];
     const float inv_t = 1.0f / *(const float *) dst->src[1]->data;
     const ggml_tensor * u = dst->src[2];
     const float * draw = (const float *) dst->src[3]->data;   // temperature, top_k, top_p
     ggml_tensor * probs = dst->src[4];
+    const float cap = userdata ? *(const float *) userdata : 0.0f;
     const float tau = draw[0], top_p = draw[2];
     const int64_t top_k = (int64_t) draw[1];
     const int64_t V = logits->ne[0], C = logits->ne[1];
     const bool restricted = tau != 1.0f || (top_k > 0 && top_k < V) || top_p < 1.0f;
     int64_t r0, r1;
     thread_rows(C, ith, nth, r0, r1);
-    std::vector<float> e((size_t) V), lp, w;
-    std::vector<int32_t> idx;
-    if (inv_t != 1.0f) lp.resize((size_t) V);
-    if (restricted) {
-        w.resize((size_t) V);
-        idx.resize((size_t) V);
-    }
+    if (r0 >= r1) return;
+    row_reducer rr(V, cap, inv_t, restricted);
     for (int64_t r = r0; r < r1; r++) {
-        const float * x = (const float *) ((const char *) logits->data + r * logits->nb[1]);
-        if (inv_t != 1.0f) {
-#pragma omp simd
-            for (int64_t i = 0; i < V; i++) lp[(size_t) i] = x[i] * inv_t;
-            x = lp.data();
-        }
+        float * row = (float *) ((char *) logits->data + r * logits->nb[1]);
         float mx;
         int64_t am;
-        first_max(x, V, mx, am);
-#pragma omp simd
-        for (int64_t i = 0; i < V; i++) e[(size_t) i] = expf(x[i] - mx);
-        double sum = 0.0, sum_ex = 0.0;
-        for (int64_t i = 0; i < V; i++) {
-            sum += e[(size_t) i];
-            sum_ex += (double) e[(size_t) i] * x[i];
-        }
+        double sum, sum_ex;
+        const float * x = rr.scan(row, mx, am, sum, sum_ex);
         const double lse = mx + std::log(sum);
         const double entropy = lse - sum_ex / sum;
         const double ur = (double) *(const float *) ((const char *) u->data + r * u->nb[1]);
@@ -191,42 +258,49 @@ void reduce_rows(ggml_tensor * dst, int ith, int nth, void * /*userdata*/) {
         if (tau <= 0.0f) {
             sample = am;   // greedy: the argmax is drawn
         } else if (restricted) {
-            sample = restricted_draw(x, V, mx, tau, top_k, top_p, ur, e, w, idx);
+            sample = restricted_draw(x, V, mx, tau, top_k, top_p, ur, rr.e, rr.w, rr.idx);
         } else {
-            sample = count_below(e.data(), V, ur * sum);
+            sample = count_below(rr.e.data(), V, rr.bsum, ur * sum);
         }
         float * out = (float *) ((char *) dst->data + r * dst->nb[1]);
         out[0] = (float) am;
         out[1] = (float) entropy;
         out[2] = (float) sample;
-        // softmax(lp) as ggml's soft_max scales it: by the float reciprocal of the double sum
-        const float scale = (float) (1.0 / sum);
-#pragma omp simd
-        for (int64_t i = 0; i < V; i++) e[(size_t) i] *= scale;
-        store_softmax_row(probs, r, e.data());
+        rr.store(probs, r, sum);
     }
 }
 
 } // namespace
 
-ggml_tensor * row_reductions_cpu(ggml_context * ctx, ggml_tensor * logits, ggml_tensor * temperature,
-                                 ggml_tensor * uniforms, ggml_tensor * draw, ggml_tensor * probs) {
+ggml_tensor * row_reductions_cpu(ggml_context * ctx, ggml_tensor * logits, const float * softcap,
+                                 ggml_tensor * temperature, ggml_tensor * uniforms, ggml_tensor * draw,
+                                 ggml_tensor * probs) {
     GGML_ASSERT(probs->ne[0] * probs->ne[2] == logits->ne[0] && probs->ne[1] == logits->ne[1]);
+    GGML_ASSERT(ggml_is_contiguous_rows(logits));
     ggml_tensor * args[5] = {logits, temperature, uniforms, draw, probs};
-    return ggml_custom_4d(ctx, GGML_TYPE_F32, 3, logits->ne[1], 1, 1, args, 5, reduce_rows, GGML_N_TASKS_MAX, nullptr);
+    const bool capped = softcap && *softcap > 0.0f;
+    return ggml_custom_4d(ctx, GGML_TYPE_F32, 3, logits->ne[1], 1, 1, args, 5, reduce_rows, GGML_N_TASKS_MAX,
+                          capped ? const_cast<float *>(softcap) : nullptr);
+}
+
+void store_softmax_span(ggml_tensor * probs, int64_t r, int64_t i0, const float * p, int64_t n) {
+    const int64_t K = probs->ne[0];
+    while (n > 0) {   // split where a span crosses from one slice of the layout into the next
+        const int64_t j = i0 / K, off = i0 % K, k = std::min(n, K - off);
+        char * dst = (char *) probs->data + r * probs->nb[1] + j * probs->nb[2];
+        switch (probs->type) {
+            case GGML_TYPE_F32:  std::memcpy((float *) dst + off, p, sizeof(float) * k); break;
+            case GGML_TYPE_F16:  ggml_cpu_fp32_to_fp16(p, (ggml_fp16_t *) dst + off, k); break;
+            default:             ggml_cpu_fp32_to_bf16(p, (ggml_bf16_t *) dst + off, k); break;
+        }
+        i0 += k;
+        p += k;
+        n -= k;
+    }
 }
 
 void store_softmax_row(ggml_tensor * probs, int64_t r, const float * p) {
-    const int64_t K = probs->ne[0];
-    for (int64_t j = 0; j < probs->ne[2]; j++) {
-        char * dst = (char *) probs->data + r * probs->nb[1] + j * probs->nb[2];
-        const float * src = p + j * K;
-        switch (probs->type) {
-            case GGML_TYPE_F32:  std::memcpy(dst, src, sizeof(float) * K); break;
-            case GGML_TYPE_F16:  ggml_cpu_fp32_to_fp16(src, (ggml_fp16_t *) dst, K); break;
-            default:             ggml_cpu_fp32_to_bf16(src, (ggml_bf16_t *) dst, K); break;
-        }
-    }
+    store_softmax_span(probs, r, 0, p, probs->ne[0] * probs->ne[2]);
 }
 
 bool cpu_fused_ops_disabled() {
@@ -238,8 +312,5 @@ ggml_tensor * gelu_tanh_cpu(ggml_context * ctx, ggml_tensor * x) {
     return ggml_map_custom1(ctx, x, gelu_rows, GGML_N_TASKS_MAX, nullptr);
 }
 
-ggml_tensor * softcap_cpu_inplace(ggml_context * ctx, ggml_tensor * x, const float * cap) {
-    return ggml_map_custom1_inplace(ctx, x, softcap_rows, GGML_N_TASKS_MAX, const_cast<float *>(cap));
-}
 
 } // namespace dgemma

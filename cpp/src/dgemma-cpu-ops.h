@@ -5,11 +5,6 @@
 
 namespace dgemma {
 
-// y = cap * tanh(x / cap), in place. ggml's CPU tanh is a scalar libm loop (~240 ms per step over a
-// 256 x 262144 logits block on 2 cores); this one lets the compiler use the vector math library.
-// `cap` must outlive the graph (the model's hparams do).
-ggml_tensor * softcap_cpu_inplace(ggml_context * ctx, ggml_tensor * x, const float * cap);
-
 // DGEMMA_GENERIC_REDUCTIONS set: no fused CPU op is used, the graphs take the backend-independent ggml
 // ops a GPU runs (tests compare the two paths, and a CPU run against a remote one bit for bit).
 bool cpu_fused_ops_disabled();
@@ -29,11 +24,18 @@ ggml_tensor * gelu_tanh_cpu(ggml_context * ctx, ggml_tensor * x);
 // and chunk-major layout (sc_layout in dgemma-decoder.h), converted as ggml's matmul converts its
 // activations. The step's own self-conditioning product reads `probs` before (the logits depend on it).
 // One pass replaces three: lp written out, softmax(lp) in the next step, and the matmul's conversion.
-ggml_tensor * row_reductions_cpu(ggml_context * ctx, ggml_tensor * logits, ggml_tensor * temperature,
-                                 ggml_tensor * uniforms, ggml_tensor * draw, ggml_tensor * probs);
+// softcap (null or <= 0: none): logits are first capped, cap * tanh(logits / cap), in place, with the vector
+// tanhf (<= 4 ulp; ggml's CPU tanh is a scalar libm loop). The capped row is written back as the row is
+// first read, so the graph's logits output holds the capped logits and no separate pass over the 256 MiB
+// block (released shape) reads and writes it. `softcap` must outlive the graph (the model's hparams do).
+ggml_tensor * row_reductions_cpu(ggml_context * ctx, ggml_tensor * logits, const float * softcap,
+                                 ggml_tensor * temperature, ggml_tensor * uniforms, ggml_tensor * draw,
+                                 ggml_tensor * probs);
 
 // Writes one canvas row's softmax p (V floats) into a host `probs` tensor [chunk, C, n_chunks] of type
 // F32, F16 or BF16: slice j of row r at (r, j), converted as ggml's matmul converts its activations.
 void store_softmax_row(ggml_tensor * probs, int64_t r, const float * p);
+// The same for entries [i0, i0 + n) of the row.
+void store_softmax_span(ggml_tensor * probs, int64_t r, int64_t i0, const float * p, int64_t n);
 
 } // namespace dgemma

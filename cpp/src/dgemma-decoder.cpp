@@ -146,14 +146,12 @@ decoder_graph build_decoder(const graph_builder & g_in, const kv_store & kv, ggm
     }
 
     x = g.name(g.rms(x, m.output_norm), "dec_norm");
-    ggml_tensor * logits = ggml_mul_mat(ctx, m.tok_embd, x);                              // tied lm_head
+    ggml_tensor * logits = ggml_mul_mat(ctx, m.lm_head, x);                               // tied lm_head
     ggml_prec_set_acc(logits, GGML_PREC_F32);
+    // the softcap: on the CPU inside the row reductions below, which write the capped rows back in place
+    // (DGEMMA_GENERIC_REDUCTIONS: the generic ops, as off the CPU)
     const float cap = hp.logit_softcap;
-    if (cap > 0.0f && reductions_on_cpu(m)) {   // DGEMMA_GENERIC_REDUCTIONS: the generic ops, as off the CPU
-        logits = softcap_cpu_inplace(ctx, logits, &hp.logit_softcap);
-    } else if (cap > 0.0f) {
-        logits = ggml_scale(ctx, ggml_tanh(ctx, ggml_scale(ctx, logits, 1.0f / cap)), cap);
-    }
+    if (cap > 0.0f && !reductions_on_cpu(m)) logits = ggml_scale(ctx, ggml_tanh(ctx, ggml_scale(ctx, logits, 1.0f / cap)), cap);
     dg.logits = g.name(logits, "logits");
     ggml_set_output(dg.logits);
     ggml_build_forward_expand(dg.gf, dg.logits);
@@ -167,7 +165,8 @@ decoder_graph build_decoder(const graph_builder & g_in, const kv_store & kv, ggm
         // lp = logits / temperature is formed row by row inside the kernel, which also leaves softmax(lp) in
         // sc_state for the next step: every read of sc_state (the self-conditioning product) comes earlier,
         // since the logits depend on it
-        dg.reduced = g.name(row_reductions_cpu(ctx, dg.logits, dg.temperature, dg.uniforms, dg.draw, sc_state),
+        dg.reduced = g.name(row_reductions_cpu(ctx, dg.logits, &hp.logit_softcap, dg.temperature, dg.uniforms,
+                                                     dg.draw, sc_state),
                             "row_reductions");
         ggml_set_output(dg.reduced);
         ggml_build_forward_expand(dg.gf, dg.reduced);

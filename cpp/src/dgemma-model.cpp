@@ -121,7 +121,7 @@ void model::load(const std::string & path) {
         L.enc_scale = get(n("enc_layer_output_scale.weight"));
         L.backend = layer_backend(il);
     }
-    make_transposed_embedding();
+    make_vocab_copies();
     make_rope_freqs();
     report_progress(1.0f);
     std::string where = "CPU";
@@ -173,8 +173,8 @@ model::~model() { release(); }
 void model::release() {
     for (ggml_backend_buffer_t b : bufs_) ggml_backend_buffer_free(b);
     bufs_.clear();
-    if (ctx_extra_) ggml_free(ctx_extra_);
-    ctx_extra_ = nullptr;
+    for (ggml_context * c : ctx_extra_) ggml_free(c);
+    ctx_extra_.clear();
 #if !defined(_WIN32)
     if (map_) munmap(map_, map_size_);
 #else
@@ -400,70 +400,6 @@ ggml_tensor * model::get(const std::string & name, bool required) const {
 
 bool reductions_on_cpu(const model & m) {
     return m.backend_globals == m.backend_cpu && !cpu_fused_ops_disabled();
-}
-
-// The soft embedding softmax(S) @ E contracts over the vocabulary, E's slow dimension. A transposed copy
-// [V, H] turns it into an ordinary matmul over the fast dimension. Memory: V * H elements of the
-// embedding's float type (1.47 GB for the released model in bf16). A quantized embedding is copied as F16,
-// except below 8 bits on the CPU path, where BF16 is used: its CPU matmul runs 1.6x faster where the CPU
-// has AVX512_BF16 (the softmax is then stored in BF16 too), and the logits error with self-conditioning
-// stays that of the quantization (bundled model against f32: Q6_K 1.2e-4 with BF16, 1.7e-4 with F16;
-// Q4_K_M 2.6e-4 / 2.7e-4). At q8_0 BF16 would add to it (6.4e-5 against 4.4e-5). Off the CPU, cuBLAS
-// accumulates the F16 product in F32 (GGML_PREC_F32), and F16 is closer for peaked rows.
-void model::make_transposed_embedding() {
-    const int64_t H = info.hp.n_embd, V = info.hp.n_vocab;
-    ggml_type tt = tok_embd->type;
-    if (tt != GGML_TYPE_F32 && tt != GGML_TYPE_F16 && tt != GGML_TYPE_BF16) {
-        const double bits = 8.0 * (double) ggml_type_size(tt) / (double) ggml_blck_size(tt);
-        tt = reductions_on_cpu(*this) && bits < 8.0 ? GGML_TYPE_BF16 : GGML_TYPE_F16;
-    }
-
-    ggml_init_params ip = { ggml_tensor_overhead() * 2, nullptr, true };
-    ctx_extra_ = ggml_init(ip);
-    tok_embd_t = ggml_new_tensor_2d(ctx_extra_, tt, V, H);
-    ggml_set_name(tok_embd_t, "token_embd_t");
-    ggml_backend_buffer_t buf = ggml_backend_alloc_ctx_tensors(ctx_extra_, backend_globals);
-    if (!buf) throw error(info.path + ": cannot allocate the transposed embedding (" +
-                          std::to_string((ggml_nbytes(tok_embd_t)) >> 20) + " MiB)");
-    ggml_backend_buffer_set_usage(buf, GGML_BACKEND_BUFFER_USAGE_WEIGHTS);
-    bufs_.push_back(buf);
-
-    const auto * src_traits = ggml_get_type_traits(tok_embd->type);
-    // fill a host buffer in place; stage through host memory only for device buffers
-    std::vector<uint8_t> staging;
-    uint8_t * dst = nullptr;
-    if (ggml_backend_buffer_is_host(buf)) {
-        dst = (uint8_t *) tok_embd_t->data;
-    } else {
-        staging.resize(ggml_nbytes(tok_embd_t));
-        dst = staging.data();
-    }
-    const int64_t block = 256;
-    std::vector<float> rows((size_t) block * H);
-    // tok_embd may live on the GPU: read it from the mapping
-    const char * src = (const char *) map_ + file_offset("token_embd.weight");
-    const size_t row_bytes = ggml_row_size(tok_embd->type, H);
-    for (int64_t v0 = 0; v0 < V; v0 += block) {
-        const int64_t nb = std::min(block, V - v0);
-        if ((v0 / block) % 64 == 0) report_progress(0.5f + 0.5f * (float) v0 / (float) V);
-        for (int64_t r = 0; r < nb; r++) {
-            const void * row = src + (size_t) (v0 + r) * row_bytes;
-            if (tok_embd->type == GGML_TYPE_F32) std::memcpy(&rows[(size_t) r * H], row, H * sizeof(float));
-            else src_traits->to_float(row, &rows[(size_t) r * H], H);
-        }
-        for (int64_t h = 0; h < H; h++) {
-            for (int64_t r = 0; r < nb; r++) {
-                const float x = rows[(size_t) r * H + h];
-                const size_t idx = (size_t) h * V + (size_t) (v0 + r);
-                switch (tt) {
-                    case GGML_TYPE_F32:  ((float *) dst)[idx] = x; break;
-                    case GGML_TYPE_F16:  ((ggml_fp16_t *) dst)[idx] = ggml_fp32_to_fp16(x); break;
-                    default:             ((ggml_bf16_t *) dst)[idx] = ggml_fp32_to_bf16(x); break;
-                }
-            }
-        }
-    }
-    if (!staging.empty()) ggml_backend_tensor_set(tok_embd_t, staging.data(), 0, staging.size());
 }
 
 std::shared_ptr<model> load_model(const std::string & path, const model_params & params) {

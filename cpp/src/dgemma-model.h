@@ -50,6 +50,7 @@ public:
 
     ggml_tensor * tok_embd = nullptr;
     ggml_tensor * tok_embd_t = nullptr;     // [V, H]: embedding transposed, for the soft embedding
+    ggml_tensor * lm_head = nullptr;        // the tied output layer: tok_embd, or its F16 copy (make_vocab_copies)
     ggml_tensor * output_norm = nullptr;
     ggml_tensor * rope_freqs = nullptr;
     ggml_tensor * sc_pre_norm = nullptr, * sc_gate = nullptr, * sc_up = nullptr, * sc_down = nullptr;
@@ -82,14 +83,16 @@ private:
     ggml_backend_t layer_backend(int il) const;
     // The tensor overrides, compiled: (pattern, device index: -2 the CPU, -1 the tensor's layer's GPU).
     std::vector<std::pair<std::regex, int>> compile_overrides() const;
-    void make_transposed_embedding();
+    // tok_embd_t, and lm_head where a copy of another type runs faster (dgemma-vocab-copies.cpp)
+    void make_vocab_copies();
+    ggml_tensor * new_derived(ggml_type type, int64_t ne0, int64_t ne1, const char * name);
     void make_rope_freqs();
     void report_progress(float fraction) const;
     ggml_tensor * get(const std::string & name, bool required = true) const;
     uint64_t file_offset(const std::string & name) const;   // absolute offset of a tensor's data
 
     std::unique_ptr<gguf_file> file_;       // also owns the weights' tensor metadata
-    ggml_context * ctx_extra_ = nullptr;    // derived tensors
+    std::vector<ggml_context *> ctx_extra_; // derived tensors (new_derived)
     std::vector<ggml_backend_buffer_t> bufs_;
     void * map_ = nullptr;
     size_t map_size_ = 0;
