@@ -204,7 +204,8 @@ public:
             ggml_backend_tensor_memset(sc_state_, 0, 0, ggml_nbytes(sc_state_));
             sc_finite_ = true;
         }
-        step_input_bytes_ += fill_decoder_inputs(dec_, canvas, C, sp.temperature, sp.sc != self_cond::none, uniforms, draw);
+        step_input_bytes_ += fill_decoder_inputs(dec_, canvas, C, sp.temperature, sp.sc != self_cond::none, uniforms, draw,
+                                                 logits_out != nullptr);
         sc_finite_ = false;
         compute(dec_.gf);
         sc_finite_ = sp.sc != self_cond::given;

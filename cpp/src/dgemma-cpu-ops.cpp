@@ -147,8 +147,8 @@ int64_t count_below(const float * e, int64_t V, const std::vector<double> & bsum
 }
 
 // One canvas row, in three passes over its blocks:
-//   1. the logits' softcap, written back (the graph's logits output is the capped one), the processed row
-//      lp = logits / temperature and the first maximum;
+//   1. the logits' softcap (written back in place when the caller keeps the logits, else into lp), the
+//      processed row lp = capped logits / temperature and the first maximum;
 //   2. e = exp(lp - max), the sums of e and e * lp (double), and per-CDF_BLOCK sums for the draw;
 //   3. after the draw: softmax = e / sum, stored in the self-conditioning state's type.
 // Pass 1 is the one that reads the row from memory; the later passes find it in L2.
@@ -161,31 +161,32 @@ struct row_reducer {
 
     row_reducer(int64_t V, float cap, float inv_t, bool restricted)
         : V(V), cap(cap), inv_cap(cap > 0.0f ? 1.0f / cap : 0.0f), inv_t(inv_t), e((size_t) V),
-          bsum((size_t) (V / CDF_BLOCK)) {
-        if (inv_t != 1.0f) lp.resize((size_t) V);
+          lp((size_t) V), bsum((size_t) (V / CDF_BLOCK)) {
         if (restricted) {
             w.resize((size_t) V);
             idx.resize((size_t) V);
         }
     }
 
-    // passes 1 and 2 over `row` (modified in place when capped); returns the processed row
-    const float * scan(float * row, float & mx, int64_t & am, double & sum, double & sum_ex) {
+    // passes 1 and 2 over `row` (capped in place when keep, else into lp); returns the processed row
+    const float * scan(float * row, bool keep, float & mx, int64_t & am, double & sum, double & sum_ex) {
         first_max_lanes fm;
-        const float * x = inv_t != 1.0f ? lp.data() : row;
+        float * capped = cap > 0.0f && !keep ? lp.data() : row;   // where the capped logits go
+        const float * x = inv_t != 1.0f ? lp.data() : capped;
         for (int64_t b = 0; b < V; b += ROW_BLOCK) {
             const int64_t n = std::min(ROW_BLOCK, V - b);
-            float * xb = row + b;
+            const float * xb = row + b;
+            float * cb = capped + b;
             if (cap > 0.0f) {
                 const float c = cap, inv = inv_cap;
 #pragma omp simd
-                for (int64_t i = 0; i < n; i++) xb[i] = c * tanhf(xb[i] * inv);
+                for (int64_t i = 0; i < n; i++) cb[i] = c * tanhf(xb[i] * inv);
             }
             if (inv_t != 1.0f) {
                 float * lb = lp.data() + b;
                 const float it = inv_t;
 #pragma omp simd
-                for (int64_t i = 0; i < n; i++) lb[i] = xb[i] * it;
+                for (int64_t i = 0; i < n; i++) lb[i] = cb[i] * it;
             }
             fm.feed(x + b, b, n);
         }
@@ -237,6 +238,7 @@ void reduce_rows(ggml_tensor * dst, int ith, int nth, void * userdata) {
     const float * draw = (const float *) dst->src[3]->data;   // temperature, top_k, top_p
     ggml_tensor * probs = dst->src[4];
     const float cap = userdata ? *(const float *) userdata : 0.0f;
+    const bool keep = *(const float *) dst->src[5]->data != 0.0f;
     const float tau = draw[0], top_p = draw[2];
     const int64_t top_k = (int64_t) draw[1];
     const int64_t V = logits->ne[0], C = logits->ne[1];
@@ -250,7 +252,7 @@ void reduce_rows(ggml_tensor * dst, int ith, int nth, void * userdata) {
         float mx;
         int64_t am;
         double sum, sum_ex;
-        const float * x = rr.scan(row, mx, am, sum, sum_ex);
+        const float * x = rr.scan(row, keep, mx, am, sum, sum_ex);
         const double lse = mx + std::log(sum);
         const double entropy = lse - sum_ex / sum;
         const double ur = (double) *(const float *) ((const char *) u->data + r * u->nb[1]);
@@ -274,12 +276,12 @@ void reduce_rows(ggml_tensor * dst, int ith, int nth, void * userdata) {
 
 ggml_tensor * row_reductions_cpu(ggml_context * ctx, ggml_tensor * logits, const float * softcap,
                                  ggml_tensor * temperature, ggml_tensor * uniforms, ggml_tensor * draw,
-                                 ggml_tensor * probs) {
+                                 ggml_tensor * keep_logits, ggml_tensor * probs) {
     GGML_ASSERT(probs->ne[0] * probs->ne[2] == logits->ne[0] && probs->ne[1] == logits->ne[1]);
     GGML_ASSERT(ggml_is_contiguous_rows(logits));
-    ggml_tensor * args[5] = {logits, temperature, uniforms, draw, probs};
+    ggml_tensor * args[6] = {logits, temperature, uniforms, draw, probs, keep_logits};
     const bool capped = softcap && *softcap > 0.0f;
-    return ggml_custom_4d(ctx, GGML_TYPE_F32, 3, logits->ne[1], 1, 1, args, 5, reduce_rows, GGML_N_TASKS_MAX,
+    return ggml_custom_4d(ctx, GGML_TYPE_F32, 3, logits->ne[1], 1, 1, args, 6, reduce_rows, GGML_N_TASKS_MAX,
                           capped ? const_cast<float *>(softcap) : nullptr);
 }
 

@@ -24,13 +24,15 @@ ggml_tensor * gelu_tanh_cpu(ggml_context * ctx, ggml_tensor * x);
 // and chunk-major layout (sc_layout in dgemma-decoder.h), converted as ggml's matmul converts its
 // activations. The step's own self-conditioning product reads `probs` before (the logits depend on it).
 // One pass replaces three: lp written out, softmax(lp) in the next step, and the matmul's conversion.
-// softcap (null or <= 0: none): logits are first capped, cap * tanh(logits / cap), in place, with the vector
-// tanhf (<= 4 ulp; ggml's CPU tanh is a scalar libm loop). The capped row is written back as the row is
-// first read, so the graph's logits output holds the capped logits and no separate pass over the 256 MiB
-// block (released shape) reads and writes it. `softcap` must outlive the graph (the model's hparams do).
+// softcap (null or <= 0: none): logits are first capped, cap * tanh(logits / cap), with the vector tanhf
+// (<= 4 ulp; ggml's CPU tanh is a scalar libm loop), as each row is first read: no separate pass over the
+// 256 MiB block (released shape) reads and writes it. keep_logits (F32 [1]) = 1: the capped rows are written
+// back in place, so the graph's logits output holds them; 0: they stay in a per-thread row buffer and the
+// logits keep the uncapped product (no one reads them: 256 MiB of memory writes fewer per step).
+// `softcap` must outlive the graph (the model's hparams do).
 ggml_tensor * row_reductions_cpu(ggml_context * ctx, ggml_tensor * logits, const float * softcap,
                                  ggml_tensor * temperature, ggml_tensor * uniforms, ggml_tensor * draw,
-                                 ggml_tensor * probs);
+                                 ggml_tensor * keep_logits, ggml_tensor * probs);
 
 // Writes one canvas row's softmax p (V floats) into a host `probs` tensor [chunk, C, n_chunks] of type
 // F32, F16 or BF16: slice j of row r at (r, j), converted as ggml's matmul converts its activations.

@@ -149,7 +149,10 @@ decoder_graph build_decoder(const graph_builder & g_in, const kv_store & kv, ggm
     ggml_tensor * logits = ggml_mul_mat(ctx, m.lm_head, x);                               // tied lm_head
     ggml_prec_set_acc(logits, GGML_PREC_F32);
     // the softcap: on the CPU inside the row reductions below, which write the capped rows back in place
-    // (DGEMMA_GENERIC_REDUCTIONS: the generic ops, as off the CPU)
+    // when the caller reads the logits (keep_logits) (DGEMMA_GENERIC_REDUCTIONS: the generic ops, as off
+    // the CPU). The kernel's in-place write reaches dg.logits itself: the product and the kernel both run on
+    // the CPU backend (reductions_on_cpu: the output layer's weights are there, and the scheduler offloads
+    // nothing), so the scheduler makes no copy of the logits in between.
     const float cap = hp.logit_softcap;
     if (cap > 0.0f && !reductions_on_cpu(m)) logits = ggml_scale(ctx, ggml_tanh(ctx, ggml_scale(ctx, logits, 1.0f / cap)), cap);
     dg.logits = g.name(logits, "logits");
@@ -165,8 +168,10 @@ decoder_graph build_decoder(const graph_builder & g_in, const kv_store & kv, ggm
         // lp = logits / temperature is formed row by row inside the kernel, which also leaves softmax(lp) in
         // sc_state for the next step: every read of sc_state (the self-conditioning product) comes earlier,
         // since the logits depend on it
+        dg.keep_logits = g.name(ggml_new_tensor_1d(ctx, GGML_TYPE_F32, 1), "keep_logits");
+        ggml_set_input(dg.keep_logits);
         dg.reduced = g.name(row_reductions_cpu(ctx, dg.logits, &hp.logit_softcap, dg.temperature, dg.uniforms,
-                                                     dg.draw, sc_state),
+                                               dg.draw, dg.keep_logits, sc_state),
                             "row_reductions");
         ggml_set_output(dg.reduced);
         ggml_build_forward_expand(dg.gf, dg.reduced);
@@ -207,7 +212,8 @@ decoder_graph build_decoder(const graph_builder & g_in, const kv_store & kv, ggm
 }
 
 size_t fill_decoder_inputs(const decoder_graph & dg, const int32_t * canvas, int32_t C,
-                           float temperature, bool sc_on, const float * uniforms, const draw_params & draw) {
+                           float temperature, bool sc_on, const float * uniforms, const draw_params & draw,
+                           bool keep_logits) {
     size_t bytes = 0;
     bytes += set_input(dg.tokens, canvas, sizeof(int32_t) * C);
     bytes += set_position_inputs(dg.pos, *dg.pos_values);
@@ -221,6 +227,8 @@ size_t fill_decoder_inputs(const decoder_graph & dg, const int32_t * canvas, int
     bytes += set_input(dg.draw, dv, sizeof(dv));
     const float scale = draw.temperature > 0.0f ? 1.0f / draw.temperature : 1.0f;   // 0: greedy, on the host
     bytes += set_input(dg.draw_scale, &scale, sizeof(float));
+    const float keep = keep_logits ? 1.0f : 0.0f;
+    bytes += set_input(dg.keep_logits, &keep, sizeof(float));
     bytes += set_input(dg.mask_swa_row, dg.mask_swa_values->data(), dg.mask_swa_values->size() * sizeof(ggml_fp16_t));
     return bytes;
 }

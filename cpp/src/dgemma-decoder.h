@@ -29,7 +29,8 @@ struct decoder_graph {
     ggml_tensor * uniforms = nullptr;    // F32 [1, C]: one uniform draw per row for the categorical sample
     ggml_tensor * draw = nullptr;        // F32 [3]: draw_params (temperature, top_k, top_p), CPU kernel
     ggml_tensor * draw_scale = nullptr;  // F32 [1]: 1 / draw temperature, read by draw_kind::scaled only
-    ggml_tensor * logits = nullptr;      // F32 [V, C] softcapped
+    ggml_tensor * logits = nullptr;      // F32 [V, C] softcapped (on the CPU path: when keep_logits is 1)
+    ggml_tensor * keep_logits = nullptr; // F32 [1], CPU path: 1 = the kernel writes the capped logits back
     // per-row reductions of the processed logits (logits / temperature), read back instead of the logits
     ggml_tensor * argmax = nullptr;      // F32 [1, C]: V minus the lowest index among the maxima (the
                                          // entries from the first maximum on), an exact count
@@ -70,7 +71,10 @@ draw_kind draw_kind_for(const draw_params & d);
 decoder_graph build_decoder(const graph_builder & g, const kv_store & kv, ggml_tensor * sc_state, int32_t C,
                             int graph_size, int32_t n_past = -1, draw_kind dk = draw_kind::scaled);
 // Uploads a step's inputs; returns the bytes uploaded (O(C) plus one sliding-mask row).
+// keep_logits: the caller reads dg.logits after this step (on the CPU path the row reductions then write
+// the softcapped rows back; otherwise they hold the uncapped product and the step writes 4 V C bytes less)
 size_t fill_decoder_inputs(const decoder_graph & dg, const int32_t * canvas, int32_t C,
-                           float temperature, bool sc_on, const float * uniforms, const draw_params & draw);
+                           float temperature, bool sc_on, const float * uniforms, const draw_params & draw,
+                           bool keep_logits);
 
 } // namespace dgemma
