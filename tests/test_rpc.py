@@ -159,3 +159,24 @@ def test_weights_split_over_buffers_of_the_devices_maximum_size(servers, convert
                         "_core.Model(sys.argv[1], -1, rpc_servers=[sys.argv[2]])", path, servers[0]],
                        capture_output=True, text=True, timeout=120, env={**env, "DGEMMA_MAX_WEIGHT_BUFFER": "4096"})
     assert r.returncode != 0 and "largest buffer" in r.stderr and "=CPU'" in r.stderr, r.stderr
+
+
+def test_an_output_layer_moved_to_a_server_returns_capped_logits(servers, converted):
+    # n_gpu_layers 1 keeps the globals on the CPU while the override puts token_embd (the tied output layer)
+    # on the server, so the output product runs there: the CPU's fused reductions, which cap the logits in
+    # place, must not be used (they would cap a copy and leave the returned logits uncapped)
+    path = str(converted("spec9", "f32"))
+    rng = np.random.default_rng(7)
+    prompt, canvas = rng.integers(0, 512, 40).astype(np.int32), rng.integers(0, 512, 8).astype(np.int32)
+    local = _core.Model(path, 0)
+    moved = _core.Model(path, 1, rpc_servers=servers[:1], tensor_overrides=[("token_embd", "RPC0")])
+    assert servers[0] in moved.placement()["token_embd.weight"]
+    out = []
+    for model in (local, moved):
+        ctx = _core.Context(model, n_ctx=256, n_threads=1)
+        ctx.encode(prompt)
+        out.append(np.asarray(ctx.decode_step(canvas, temperature=0.8), np.float64))
+    cap = local.info()["hparams"]["logit_softcap"]
+    uncapped = cap * np.arctanh(out[0] / cap)
+    assert np.abs(uncapped - out[0]).max() > 1e-3   # capping visibly changes these logits
+    np.testing.assert_allclose(out[1], out[0], rtol=1e-5, atol=1e-5)

@@ -103,8 +103,9 @@ def test_a_step_whose_logits_are_not_read_leaves_the_same_reductions_and_state()
     np.testing.assert_array_equal(after_read, after_unread)
     # the logits the caller read are the capped ones the reductions worked on (uncapped ones give another
     # entropy: checked by running this with the write-back disabled)
-    lp = np.asarray(logits, np.float64) / T
-    np.testing.assert_array_equal(am, lp.argmax(-1))
+    lp32 = np.asarray(logits, np.float32) * (np.float32(1) / np.float32(T))   # as the kernel forms it
+    np.testing.assert_array_equal(am, lp32.argmax(-1))
+    lp = lp32.astype(np.float64)
     p = np.exp(lp - lp.max(-1, keepdims=True))
     p /= p.sum(-1, keepdims=True)
     np.testing.assert_allclose(ent, -(p * np.log(np.maximum(p, 1e-300))).sum(-1), rtol=1e-4, atol=1e-5)

@@ -277,6 +277,7 @@ void reduce_rows(ggml_tensor * dst, int ith, int nth, void * userdata) {
 ggml_tensor * row_reductions_cpu(ggml_context * ctx, ggml_tensor * logits, const float * softcap,
                                  ggml_tensor * temperature, ggml_tensor * uniforms, ggml_tensor * draw,
                                  ggml_tensor * keep_logits, ggml_tensor * probs) {
+    GGML_ASSERT(keep_logits && ggml_nelements(keep_logits) == 1);
     GGML_ASSERT(probs->ne[0] * probs->ne[2] == logits->ne[0] && probs->ne[1] == logits->ne[1]);
     GGML_ASSERT(ggml_is_contiguous_rows(logits));
     ggml_tensor * args[6] = {logits, temperature, uniforms, draw, probs, keep_logits};
@@ -313,6 +314,5 @@ bool cpu_fused_ops_disabled() {
 ggml_tensor * gelu_tanh_cpu(ggml_context * ctx, ggml_tensor * x) {
     return ggml_map_custom1(ctx, x, gelu_rows, GGML_N_TASKS_MAX, nullptr);
 }
-
 
 } // namespace dgemma

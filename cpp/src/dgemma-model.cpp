@@ -399,7 +399,10 @@ ggml_tensor * model::get(const std::string & name, bool required) const {
 }
 
 bool reductions_on_cpu(const model & m) {
-    return m.backend_globals == m.backend_cpu && !cpu_fused_ops_disabled();
+    // the CPU's buffers are "CPU", "CPU_Mapped", "CPU_REPACK"; a GPU's host buffers ("CUDA_Host") and
+    // mapped ones ("MTL0_Mapped") are not, and the scheduler runs their products on the GPU
+    const std::string buf = m.tok_embd && m.tok_embd->buffer ? ggml_backend_buffer_name(m.tok_embd->buffer) : "";
+    return m.backend_globals == m.backend_cpu && buf.rfind("CPU", 0) == 0 && !cpu_fused_ops_disabled();
 }
 
 std::shared_ptr<model> load_model(const std::string & path, const model_params & params) {

@@ -1,5 +1,5 @@
 // Model weights: the checked GGUF, its tensors placed on backends, per-layer pointers, and derived
-// tensors (the transposed embedding used by self-conditioning).
+// tensors (the vocabulary copies: the transposed embedding used by self-conditioning, an F16 output layer).
 #pragma once
 
 #include "dgemma.h"
@@ -100,8 +100,10 @@ private:
 
 // Whether the output layer's vocabulary-wide work takes the fused CPU kernels: the per-row reductions
 // (and the draw restrictions top_k / top_p), the self-conditioning state as probabilities (sc_layout) and
-// a BF16 transposed embedding for quantized embeddings. True when the output layer is on the CPU and
-// DGEMMA_GENERIC_REDUCTIONS is unset (tests, debugging: the backend-independent ops a GPU runs).
+// the vocabulary copies' CPU types (dgemma-vocab-copies.cpp). True when the global tensors and the
+// embedding's own buffer are on the CPU (a tensor override can put token_embd on a GPU while the globals
+// stay: the output product then runs there) and DGEMMA_GENERIC_REDUCTIONS is unset (tests, debugging: the
+// backend-independent ops a GPU runs).
 bool reductions_on_cpu(const model & m);
 
 } // namespace dgemma

@@ -21,7 +21,8 @@ namespace {
 // AVX2-only AMD EPYC VM, 2 threads, ggml's products: [256 x 262144] x [256 x 256] (the proxy's output layer)
 // bf16 78.5 GFLOP/s, f16 97.7; [32768 x 256] x [32768 x 2048] (its self-conditioning slices) bf16 98.1, f16
 // 155.4. With AVX512_BF16 it is the other way round (bf16 1.6x f16). DGEMMA_NATIVE_BF16=0/1 overrides the
-// detection (tests run both choices on any host).
+// detection (tests run both choices on any host). Only x86's AVX512_BF16 counts as native: ggml's other
+// native bf16 paths (POWER10 MMA, RISC-V Zvfbfwma) get the F16 copies, unmeasured there.
 bool cpu_bf16_is_native() {
     if (const char * e = std::getenv("DGEMMA_NATIVE_BF16"); e && *e) return std::strcmp(e, "0") != 0;
     return ggml_cpu_has_avx512_bf16() != 0;
@@ -59,7 +60,9 @@ ggml_tensor * model::new_derived(ggml_type type, int64_t ne0, int64_t ne1, const
 // 1.7e-4 with F16; Q4_K_M 2.6e-4 / 2.7e-4). At q8_0 BF16 would add to it (6.4e-5 against 4.4e-5). Off the
 // CPU, cuBLAS accumulates the F16 product in F32 (GGML_PREC_F32), and F16 is closer for peaked rows.
 // On the CPU path without native bf16, a BF16 embedding is copied as F16 both ways (its values convert
-// exactly, but for magnitudes under 2^-14, rounded to 2^-24): the output layer then reads the F16 copy.
+// exactly, but for magnitudes under 2^-14, rounded to 2^-24): the output layer then reads the F16 copy, and
+// ggml rounds its activations (the final norm's output) to f16 instead of bf16: closer, within f16's range
+// of 65504 (post-norm hidden states are far below it).
 void model::make_vocab_copies() {
     const int64_t H = info.hp.n_embd, V = info.hp.n_vocab;
     const bool cpu = reductions_on_cpu(*this);
