@@ -24,6 +24,6 @@ def test_mutated_ggufs_are_rejected_or_run_never_crash(converted, outtype, seed)
 
 def test_the_harness_records_crashes_and_hangs_and_goes_on(converted):
     res = gguf_fuzz.run_specs(converted("spec9", "f32"), [["cut", 10], ["abort"], ["cut", 30], ["hang"], ["cut", 7]],
-                              case_timeout_s=5)
+                              case_timeout_s=15)   # room for a loaded 2-core machine; the hang still ends
     assert [(f["case"], f["outcome"]) for f in res["failures"]] == [(1, "crash"), (3, "timeout")]
     assert res["counts"]["rejected"] == 3
