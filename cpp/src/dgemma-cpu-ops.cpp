@@ -102,11 +102,10 @@ struct first_max_lanes {
     static constexpr int L = 16;
     float m[L];
     int64_t at[L];
-    int64_t seen = 0;
 
     void feed(const float * x, int64_t i0, int64_t n) {
         int64_t i = 0;
-        if (seen == 0) {   // no infinity constants: this file is compiled with -ffast-math
+        if (i0 == 0) {   // no infinity constants: this file is compiled with -ffast-math
             for (int j = 0; j < L; j++) { m[j] = x[std::min<int64_t>(j, n - 1)]; at[j] = std::min<int64_t>(j, n - 1); }
         }
         for (; i + L <= n; i += L) {
@@ -120,7 +119,6 @@ struct first_max_lanes {
             const int j = (int) ((i0 + i) % L);
             if (x[i] > m[j]) { m[j] = x[i]; at[j] = i0 + i; }
         }
-        seen += n;
     }
 
     void result(float & mx, int64_t & am) const {
@@ -138,9 +136,10 @@ struct first_max_lanes {
 int64_t count_below(const float * e, int64_t V, const std::vector<double> & bsum, double target) {
     double cdf = 0.0;
     int64_t i = 0;
-    for (size_t k = 0; k < bsum.size() && i + CDF_BLOCK <= V; k++, i += CDF_BLOCK) {
-        if (cdf + bsum[k] >= target) break;
-        cdf += bsum[k];
+    for (; i + CDF_BLOCK <= V; i += CDF_BLOCK) {
+        const double bs = bsum[(size_t) (i / CDF_BLOCK)];
+        if (cdf + bs >= target) break;
+        cdf += bs;
     }
     while (i < V && (cdf += e[i]) < target) i++;
     return i < V ? i : V - 1;

@@ -78,6 +78,12 @@ void model::load(const std::string & path) {
     place_weights();
 
     tok_embd    = get("token_embd.weight");
+    {
+        // the CPU's buffers are "CPU", "CPU_Mapped", "CPU_REPACK"; a GPU's host buffers ("CUDA_Host") and
+        // mapped ones ("MTL0_Mapped") are not, and the scheduler runs their products on the GPU
+        const std::string buf = ggml_backend_buffer_name(tok_embd->buffer);
+        fused_cpu_reductions = backend_globals == backend_cpu && buf.rfind("CPU", 0) == 0 && !cpu_fused_ops_disabled();
+    }
     output_norm = get("output_norm.weight");
     rope_freqs  = get("rope_freqs.weight");
     sc_pre_norm = get("self_cond_pre_norm.weight", false);
@@ -398,12 +404,7 @@ ggml_tensor * model::get(const std::string & name, bool required) const {
     return t;
 }
 
-bool reductions_on_cpu(const model & m) {
-    // the CPU's buffers are "CPU", "CPU_Mapped", "CPU_REPACK"; a GPU's host buffers ("CUDA_Host") and
-    // mapped ones ("MTL0_Mapped") are not, and the scheduler runs their products on the GPU
-    const std::string buf = m.tok_embd && m.tok_embd->buffer ? ggml_backend_buffer_name(m.tok_embd->buffer) : "";
-    return m.backend_globals == m.backend_cpu && buf.rfind("CPU", 0) == 0 && !cpu_fused_ops_disabled();
-}
+bool reductions_on_cpu(const model & m) { return m.fused_cpu_reductions; }
 
 std::shared_ptr<model> load_model(const std::string & path, const model_params & params) {
     return std::make_shared<model>(path, params);

@@ -57,6 +57,7 @@ public:
     std::vector<layer_weights> layers;
 
     float embd_scale = 0.0f;                // sqrt(H) rounded to the embedding's dtype (reference)
+    bool fused_cpu_reductions = false;      // reductions_on_cpu, decided once the weights are placed
     rope_table rope[2];                      // RoPE frequencies: [0] sliding layers, [1] full layers
 
     ggml_backend_t backend_cpu = nullptr;

@@ -160,6 +160,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     flops = sum(node_flops(n) for n in graph)
     names = _type_names()
     products = dominant_products(graph)
+    tnames = [names.get(p["type_id"], str(p["type_id"])) for p in products]
     on_gpu = res["backend"] != "CPU"
     step_times: list[float] = []
     prod_times: list[list[float]] = [[] for _ in products]
@@ -173,15 +174,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         if r % 2 == 0:   # the step first on even repeats, last on odd ones: neither always follows the other
             time_step()
         for i, p in enumerate(products):
-            tname = names.get(p["type_id"], str(p["type_id"]))
-            prod_times[i].append(_core.time_matmul(tname, p["K"], p["M"], p["N"], threads, 1, on_gpu)[0])
+            prod_times[i].append(_core.time_matmul(tnames[i], p["K"], p["M"], p["N"], threads, 1, on_gpu)[0])
         if r % 2 == 1:
             time_step()
     step_s = statistics.median(step_times)
     matched = []
-    for p, times in zip(products, prod_times):
+    for p, tname, times in zip(products, tnames, prod_times):
         secs = statistics.median(times)
-        matched.append({"weight": p["weight"], "type": names.get(p["type_id"], str(p["type_id"])), "K": p["K"],
+        matched.append({"weight": p["weight"], "type": tname, "K": p["K"],
                         "M": p["M"], "N": p["N"], "nodes": p["nodes"],
                         "gflop_s": 2.0 * p["K"] * p["M"] * p["N"] / secs / 1e9, "ms": secs * 1000})
     m_flops = sum(2.0 * m["K"] * m["M"] * m["N"] for m in matched)
