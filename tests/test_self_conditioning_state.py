@@ -18,24 +18,28 @@ BUNDLED = bundled_model_path()
 F32, F16, Q4_0, Q8_0, BF16 = 0, 1, 2, 8, 30   # ggml type ids
 
 # the embedding's stored type -> the transposed copy and state type on the CPU path, for a CPU that
-# multiplies bf16 natively (AVX512_BF16) and one that does not (DGEMMA_NATIVE_BF16 decides either way), and
-# the bound on the NMSE between the two paths' self-conditioned logits. The generic path rounds the f32
-# softmax to the copy's type inside its matmul, as the fused kernel does when it stores it; the paths differ
-# by the slicing, the exp implementations (an ulp in a probability can flip its 16-bit rounding), the fused
-# gelu / softcap, for q4_0 the copy's type (BF16 / F16), and for bf16 without native bf16 the F16 copies
-# (the output layer's activations round to f16 instead of bf16). Measured 2026-11-28: f32 1.1e-14, bf16
-# 1.2e-12 (F16 copies: 6.3e-8), q8_0 3.2e-15 (4.2e-7 in the ASan build, whose exp differs), q4_0 8.2e-7
-# (F16 on both paths: 3.2e-15); a wrong layout or type gives ~1e-1.
+# multiplies bf16 and int8 natively (AVX512_BF16, VNNI) and one that does neither (DGEMMA_NATIVE_BF16 and
+# DGEMMA_NATIVE_INT8 decide either way), and the bound on the NMSE between the two paths' self-conditioned
+# logits. The generic path rounds the f32 softmax to the copy's type inside its matmul, as the fused kernel
+# does when it stores it; the paths differ by the slicing, the exp implementations (an ulp in a probability
+# can flip its 16-bit rounding), the fused gelu / softcap, for q4_0 the copy's type (BF16 / F16), for bf16
+# without native bf16 the F16 copies (the output layer's activations round to f16 instead of bf16), and for
+# q8_0 without native int8 the F16 output layer (weights and activations round to f16; the generic path
+# rounds the activations to q8_0). Measured 2026-11-28: f32 1.1e-14, bf16 1.2e-12 (F16 copies: 6.3e-8),
+# q8_0 3.2e-15 (4.2e-7 in the ASan build, whose exp differs; F16 output layer: 1.1e-6, where against the f32
+# file the fused path gives 2.0e-6 and the generic 2.5e-6), q4_0 8.2e-7 (F16 on both paths: 3.2e-15); a
+# wrong layout or type gives ~1e-1.
 CASES = [("f32", "1", F32, 1e-12), ("bf16", "1", BF16, 5e-6), ("q8_0", "1", F16, 5e-6), ("q4_0", "1", BF16, 2e-5),
          ("f32", "0", F32, 1e-12), ("bf16", "0", F16, 5e-6), ("q8_0", "0", F16, 5e-6), ("q4_0", "0", F16, 5e-6)]
 
 
 @pytest.mark.skipif(BUNDLED is None, reason="the bundled model is not in this checkout")
-@pytest.mark.parametrize("outtype,native_bf16,state_type,bound", CASES,
-                         ids=[f"{c[0]}-native_bf16={c[1]}" for c in CASES])
-def test_state_type_slices_and_agreement_with_the_generic_path(tmp_path, monkeypatch, outtype, native_bf16,
+@pytest.mark.parametrize("outtype,native,state_type,bound", CASES,
+                         ids=[f"{c[0]}-native={c[1]}" for c in CASES])
+def test_state_type_slices_and_agreement_with_the_generic_path(tmp_path, monkeypatch, outtype, native,
                                                                state_type, bound):
-    monkeypatch.setenv("DGEMMA_NATIVE_BF16", native_bf16)
+    monkeypatch.setenv("DGEMMA_NATIVE_BF16", native)
+    monkeypatch.setenv("DGEMMA_NATIVE_INT8", native)
     # the trained bundled model: a random one amplifies any rounding difference chaotically
     path = tmp_path / f"m-{outtype}.gguf"
     requantize(BUNDLED, path, outtype)
@@ -67,9 +71,10 @@ print(json.dumps({{"w": sc["src"][0]["type"], "s": sc["src"][1]["type"], "s_ne":
     assert generic["s"] == F32 and generic["s_ne"] == [V, C, 1, 1]
     file_type = {"f32": F32, "bf16": BF16, "q8_0": Q8_0, "q4_0": Q4_0}[outtype]
     assert generic["w"] == (F16 if outtype in ("q8_0", "q4_0") else file_type)
-    # the output layer reads the file's tensor, but for bf16 without native bf16 on the CPU path: an F16 copy
+    # the output layer reads the file's tensor, but on the CPU path for bf16 without native bf16 and q8_0
+    # without native int8 products: an F16 copy
     assert generic["head"] == file_type
-    assert fused["head"] == (F16 if outtype == "bf16" and native_bf16 == "0" else file_type)
+    assert fused["head"] == (F16 if outtype in ("bf16", "q8_0") and native == "0" else file_type)
     assert generic["sc_bytes"] == 4 * V * C
     a = np.load(f"{path}.fused.npy").astype(np.float64)
     b = np.load(f"{path}.1.npy").astype(np.float64)

@@ -1,5 +1,6 @@
 // The vocabulary-sized copies of the embedding a model derives at load: the transposed embedding the
-// self-conditioning product contracts over, and, on CPUs without native bf16 products, an F16 output layer.
+// self-conditioning product contracts over, and, on CPUs without native bf16 (or int8) products, an F16
+// output layer for a bf16 (or q8_0) embedding.
 #include "dgemma-model.h"
 
 #include "ggml-alloc.h"
@@ -26,6 +27,17 @@ namespace {
 bool cpu_bf16_is_native() {
     if (const char * e = std::getenv("DGEMMA_NATIVE_BF16"); e && *e) return std::strcmp(e, "0") != 0;
     return ggml_cpu_has_avx512_bf16() != 0;
+}
+
+// Whether the CPU has the int8 dot-product instructions ggml's q8_0 products use (x86 AVX-VNNI or AVX512-VNNI,
+// ARM dotprod or i8mm). Without them llamafile's q8_0 kernel widens and converts every 32-value block: measured
+// 2026-11-28 on the AVX2-only AMD EPYC VM, 2 threads, ggml's products [256 x 262144] x [256 x 256] q8_0
+// 80.3 GFLOP/s, f16 94.2; [2816 x 32768] x [2816 x 256] (the released width) q8_0 105.3, f16 144.0.
+// DGEMMA_NATIVE_INT8=0/1 overrides the detection.
+bool cpu_int8_dot_is_native() {
+    if (const char * e = std::getenv("DGEMMA_NATIVE_INT8"); e && *e) return std::strcmp(e, "0") != 0;
+    return ggml_cpu_has_avx_vnni() || ggml_cpu_has_avx512_vnni() || ggml_cpu_has_dotprod() ||
+           ggml_cpu_has_matmul_int8();
 }
 
 void store_converted(ggml_type t, void * dst, size_t idx, float x) {
@@ -62,7 +74,10 @@ ggml_tensor * model::new_derived(ggml_type type, int64_t ne0, int64_t ne1, const
 // On the CPU path without native bf16, a BF16 embedding is copied as F16 both ways (its values convert
 // exactly, but for magnitudes under 2^-14, rounded to 2^-24): the output layer then reads the F16 copy, and
 // ggml rounds its activations (the final norm's output) to f16 instead of bf16: closer, within f16's range
-// of 65504 (post-norm hidden states are far below it).
+// of 65504 (post-norm hidden states are far below it). Likewise, without int8 dot products, a q8_0 embedding's
+// output layer reads an F16 copy: a q8_0 value (an f16 scale times an int8) rounds to f16 within 2^-11 of
+// itself, a sixteenth of the quantization's own step, and the activations round to f16 instead of q8_0.
+// Memory: V * H * 2 bytes more (1.47 GB at the released shape, 5% of a q8_0 file).
 void model::make_vocab_copies() {
     const int64_t H = info.hp.n_embd, V = info.hp.n_vocab;
     const bool cpu = reductions_on_cpu(*this);
@@ -74,7 +89,8 @@ void model::make_vocab_copies() {
         const double bits = 8.0 * (double) ggml_type_size(tt) / (double) ggml_blck_size(tt);
         tt = cpu && native_bf16 && bits < 8.0 ? GGML_TYPE_BF16 : GGML_TYPE_F16;
     }
-    const bool f16_head = tok_embd->type == GGML_TYPE_BF16 && cpu && !native_bf16;
+    const bool f16_head = cpu && ((tok_embd->type == GGML_TYPE_BF16 && !native_bf16) ||
+                                  (tok_embd->type == GGML_TYPE_Q8_0 && !cpu_int8_dot_is_native()));
 
     tok_embd_t = new_derived(tt, V, H, "token_embd_t");
     // named as the weight it copies: activation statistics (imatrix) and profiles key on the name
