@@ -95,41 +95,6 @@ constexpr int64_t ROW_BLOCK = 2048;
 // The sample's inverse CDF skips blocks of this many entries by their sums (a divisor of ROW_BLOCK).
 constexpr int64_t CDF_BLOCK = 256;
 
-// The first maximum of a row fed block by block: per-lane maxima (each lane keeps its first), then the
-// lowest index among the lanes that hold the overall maximum. Vectorises where the scalar
-// compare-and-branch loop does not. Blocks come in index order, each a multiple of L long but the last.
-struct first_max_lanes {
-    static constexpr int L = 16;
-    float m[L];
-    int64_t at[L];
-
-    void feed(const float * x, int64_t i0, int64_t n) {
-        int64_t i = 0;
-        if (i0 == 0) {   // no infinity constants: this file is compiled with -ffast-math
-            for (int j = 0; j < L; j++) { m[j] = x[std::min<int64_t>(j, n - 1)]; at[j] = std::min<int64_t>(j, n - 1); }
-        }
-        for (; i + L <= n; i += L) {
-            for (int j = 0; j < L; j++) {
-                const bool gt = x[i + j] > m[j];
-                m[j] = gt ? x[i + j] : m[j];
-                at[j] = gt ? i0 + i + j : at[j];
-            }
-        }
-        for (; i < n; i++) {   // the row's tail: lane (i0 + i) % L, still in index order within the lane
-            const int j = (int) ((i0 + i) % L);
-            if (x[i] > m[j]) { m[j] = x[i]; at[j] = i0 + i; }
-        }
-    }
-
-    void result(float & mx, int64_t & am) const {
-        mx = m[0];
-        am = at[0];
-        for (int j = 1; j < L; j++) {
-            if (m[j] > mx || (m[j] == mx && at[j] < am)) { mx = m[j]; am = at[j]; }
-        }
-    }
-};
-
 // The count of leading entries whose running sum (double) stays below target, V - 1 at most. Blocks whose
 // sum (bsum[k] for entries [k * CDF_BLOCK, (k + 1) * CDF_BLOCK)) leaves the running total below target are
 // skipped whole; the block that crosses is walked.
@@ -169,9 +134,9 @@ struct row_reducer {
 
     // passes 1 and 2 over `row` (capped in place when keep, else into lp); returns the processed row
     const float * scan(float * row, bool keep, float & mx, int64_t & am, double & sum, double & sum_ex) {
-        first_max_lanes fm;
         float * capped = cap > 0.0f && !keep ? lp.data() : row;   // where the capped logits go
         const float * x = inv_t != 1.0f ? lp.data() : capped;
+        float m = 0.0f;
         for (int64_t b = 0; b < V; b += ROW_BLOCK) {
             const int64_t n = std::min(ROW_BLOCK, V - b);
             const float * xb = row + b;
@@ -187,9 +152,16 @@ struct row_reducer {
 #pragma omp simd
                 for (int64_t i = 0; i < n; i++) lb[i] = cb[i] * it;
             }
-            fm.feed(x + b, b, n);
+            const float * pb = x + b;
+            float bm = b == 0 ? pb[0] : m;   // seeded from the processed row: no infinities under -ffast-math
+#pragma omp simd reduction(max : bm)
+            for (int64_t i = 0; i < n; i++) bm = pb[i] > bm ? pb[i] : bm;
+            m = bm;
         }
-        fm.result(mx, am);
+        mx = m;
+        // pass 2, which also finds the first CDF_BLOCK holding the maximum (counted, so it vectorises); the
+        // argmax is then the first equal entry in that block: the lowest index on ties
+        am = -1;
         sum = 0.0;
         sum_ex = 0.0;
         float * ep = e.data();
@@ -197,22 +169,29 @@ struct row_reducer {
             const int64_t n = std::min(ROW_BLOCK, V - b);
             const float * xb = x + b;
             float * eb = ep + b;
-            const float m = mx;
 #pragma omp simd
             for (int64_t i = 0; i < n; i++) eb[i] = expf(xb[i] - m);
             for (int64_t s = 0; s < n; s += CDF_BLOCK) {
                 const int64_t k = std::min(CDF_BLOCK, n - s);
                 double bs = 0.0, bx = 0.0;
-#pragma omp simd reduction(+ : bs, bx)
+                float hits = 0.0f;
+#pragma omp simd reduction(+ : bs, bx, hits)
                 for (int64_t i = s; i < s + k; i++) {
                     bs += eb[i];
                     bx += (double) eb[i] * xb[i];
+                    hits += xb[i] == m ? 1.0f : 0.0f;
                 }
                 if (k == CDF_BLOCK) bsum[(size_t) ((b + s) / CDF_BLOCK)] = bs;
                 sum += bs;
                 sum_ex += bx;
+                if (am < 0 && hits > 0.0f) {
+                    int64_t i = s;
+                    while (i < s + k - 1 && xb[i] != m) i++;
+                    am = b + i;
+                }
             }
         }
+        if (am < 0) am = 0;   // only a row holding NaN finds no entry equal to its maximum
         return x;
     }
 
