@@ -198,3 +198,13 @@ def test_chat_completion_drops_the_oldest_turns_when_the_context_is_full(convert
         m.create_chat_completion(conv, max_tokens=4, context_overflow="error", **FAST)
     with pytest.raises(ValueError, match="newest message does not fit"):
         m.create_chat_completion([{"role": "user", "content": "the hat " * 40}], max_tokens=4)
+
+
+def test_an_n_ctx_with_no_room_beside_one_canvas_is_refused_at_load(converted):
+    m = Model(converted("spec9", "f32"), n_ctx=64, n_threads=2)
+    canvas = m.canvas_length
+    assert 1 < canvas < 64
+    for n_ctx in (1, canvas):
+        with pytest.raises(ValueError, match=f"n_ctx {n_ctx} leaves no room for a prompt: one canvas takes {canvas}"):
+            Model(converted("spec9", "f32"), n_ctx=n_ctx, n_threads=2)
+    assert Model(converted("spec9", "f32"), n_ctx=canvas + 1, n_threads=2).n_ctx == canvas + 1

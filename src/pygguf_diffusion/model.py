@@ -104,6 +104,10 @@ class Model:
             n_ctx = min(DEFAULT_N_CTX, self.info["hparams"]["n_ctx_train"] or DEFAULT_N_CTX)
         self._ctx = _core.Context(self._model, n_ctx=n_ctx, n_batch=n_batch, n_threads=n_threads or _default_threads(),
                                   type_k=type_k, type_v=type_v)
+        if self._ctx.n_ctx <= self._ctx.canvas_length:
+            raise ValueError(f"n_ctx {self._ctx.n_ctx} leaves no room for a prompt: one canvas takes "
+                             f"{self._ctx.canvas_length} positions; use n_ctx (-c) above that, e.g. "
+                             f"{self._ctx.canvas_length + 1024}")
         self._seed = seed
         self._stored: list[int] = []  # tokens whose K/V the context holds, in order
         self._claim: _Claim | None = None  # the stream generation holding this Model, until released
