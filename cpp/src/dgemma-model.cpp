@@ -262,7 +262,8 @@ std::vector<std::pair<std::regex, int>> model::compile_overrides() const {
     return out;
 }
 
-// CPU tensors point into the mapping (no copy); GPU tensors are uploaded into one buffer per device.
+// CPU tensors point into the mapping (no copy), but those a repacked CPU layout runs (copied into it);
+// GPU tensors are uploaded into one buffer per device.
 void model::place_weights() {
     const auto overrides = compile_overrides();
     auto target = [&](const std::string & name) -> ggml_backend_t {
@@ -284,19 +285,25 @@ void model::place_weights() {
     bufs_.push_back(cpu_buf);
 
     std::vector<std::vector<ggml_tensor *>> on_gpu(gpus.size());   // per device, in file order
+    std::vector<ggml_tensor *> on_cpu;
     size_t total = 0;
     for (const tensor_info & ti : info.tensors) {
         ggml_tensor * t = ggml_get_tensor(file_->tensor_meta(), ti.name.c_str());
         const ggml_backend_t b = target(ti.name);
         if (b == backend_cpu) {
-            if (ggml_backend_tensor_alloc(cpu_buf, t, (char *) map_ + ti.offset) != GGML_STATUS_SUCCESS) {
-                throw error(info.path + ": cannot place tensor '" + ti.name + "' in the mapping");
-            }
+            on_cpu.push_back(t);
             continue;
         }
         on_gpu[(size_t) (std::find(gpus.begin(), gpus.end(), b) - gpus.begin())].push_back(t);
         total += ggml_nbytes(t);
     }
+    const repack_plan repack = plan_repack(on_cpu);
+    for (ggml_tensor * t : repack.rest) {
+        if (ggml_backend_tensor_alloc(cpu_buf, t, (char *) map_ + file_offset(t->name)) != GGML_STATUS_SUCCESS) {
+            throw error(info.path + ": cannot place tensor '" + std::string(t->name) + "' in the mapping");
+        }
+    }
+    total += repack.bytes;
     size_t done = 0;
     for (size_t k = 0; k < gpus.size(); k++) {
         if (on_gpu[k].empty()) continue;
@@ -323,6 +330,7 @@ void model::place_weights() {
             }
         }
     }
+    upload_repacked(repack, [&](size_t bytes) { report_progress(0.5f * (float) (done + bytes) / (float) total); });
 }
 
 // A device that can wrap host memory (Metal and integrated GPUs on unified memory) reads the weights

@@ -9,6 +9,7 @@
 #include "ggml.h"
 #include "ggml-backend.h"
 
+#include <functional>
 #include <memory>
 #include <regex>
 #include <string>
@@ -36,6 +37,13 @@ struct layer_weights {
     ggml_tensor * post_ffw_norm = nullptr;
     ggml_tensor * dec_scale = nullptr, * enc_scale = nullptr;
     ggml_backend_t backend = nullptr;                      // where this layer's weights live
+};
+
+// CPU weights to copy into the CPU backend's repacked layouts (one group per buffer type), and the rest.
+struct repack_plan {
+    std::vector<std::pair<ggml_backend_buffer_type_t, std::vector<ggml_tensor *>>> groups;
+    std::vector<ggml_tensor *> rest;
+    size_t bytes = 0;   // of the grouped tensors
 };
 
 class model {
@@ -76,6 +84,9 @@ private:
     void release();                    // frees everything load() acquired (also after a failed load)
     void map_file(const std::string & path);
     void place_weights();
+    // dgemma-cpu-repack.cpp: CPU weights in the CPU backend's repacked layouts
+    repack_plan plan_repack(const std::vector<ggml_tensor *> & cpu_tensors) const;
+    void upload_repacked(const repack_plan & plan, const std::function<void(size_t)> & progress);
     bool map_on_device(ggml_backend_t backend, const std::vector<ggml_tensor *> & tensors);
     std::vector<std::vector<ggml_tensor *>> weight_buffer_groups(ggml_backend_t backend,
                                                                  const std::vector<ggml_tensor *> & tensors) const;
