@@ -64,9 +64,21 @@ ggml_tensor * graph_builder::rms(ggml_tensor * x, ggml_tensor * w) const {
     return w ? ggml_mul(ctx, y, w) : y;
 }
 
+namespace {
+// Whether the CPU backend computes the product of weight w: w in a host buffer (the mapping; a GPU backend's
+// pinned host memory) or in one of the CPU's repacked layouts (dgemma-cpu-repack.cpp), whose buffers are not
+// host buffers (their rows are not plain rows) but are the CPU device's own.
+bool computed_on_cpu(const ggml_tensor * w) {
+    if (!w->buffer) return false;
+    if (ggml_backend_buffer_is_host(w->buffer)) return true;
+    static ggml_backend_dev_t cpu = ggml_backend_dev_by_type(GGML_BACKEND_DEVICE_TYPE_CPU);
+    return cpu && ggml_backend_dev_supports_buft(cpu, ggml_backend_buffer_get_type(w->buffer));
+}
+} // namespace
+
 ggml_tensor * graph_builder::gelu_tanh(ggml_tensor * x, const ggml_tensor * w) const {
     // where the product w feeds runs on the CPU, one vectorised pass (ggml's CPU tanh is scalar)
-    if (w->buffer && ggml_backend_buffer_is_host(w->buffer) && !cpu_fused_ops_disabled()) return gelu_tanh_cpu(ctx, x);
+    if (computed_on_cpu(w) && !cpu_fused_ops_disabled()) return gelu_tanh_cpu(ctx, x);
     // 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))
     const float c = std::sqrt(2.0f / (float) M_PI);
     ggml_tensor * x3 = ggml_mul(ctx, ggml_sqr(ctx, x), x);
@@ -85,7 +97,7 @@ bool exact_geglu_on(const ggml_tensor * w) {
     static const bool forced = std::getenv("DGEMMA_FORCE_GEGLU") != nullptr;
     if (forced) return true;
     // host buffers of those backends ("CUDA_Host") are computed on by the CPU
-    if (!w->buffer || ggml_backend_buffer_is_host(w->buffer) || cpu_fused_ops_disabled()) return false;
+    if (!w->buffer || computed_on_cpu(w) || cpu_fused_ops_disabled()) return false;
     const char * name = ggml_backend_buft_name(ggml_backend_buffer_get_type(w->buffer));
     for (const char * prefix : {"CUDA", "ROCm", "MUSA", "MTL"}) {
         if (std::strncmp(name, prefix, std::strlen(prefix)) == 0) return true;
