@@ -1,7 +1,7 @@
-// CPU weights in the CPU backend's repacked layouts ("extra" buffer types: CPU_REPACK, and AMX or KleidiAI
-// where ggml was built with them). The repacked kernels multiply several interleaved weight rows at once
-// (on AVX2: q4_0, q4_K, iq4_nl and mxfp4 rows in groups of 8); ggml converts a tensor's layout when it is
-// uploaded into such a buffer, so a repacked tensor is a copy, not the mapping.
+// CPU expert weights in the CPU backend's repacked layouts ("extra" buffer types: CPU_REPACK, and AMX or
+// KleidiAI where ggml was built with them). The repacked kernels multiply several interleaved weight rows at
+// once (on AVX2: q4_0, q4_K, iq4_nl and mxfp4 rows in groups of 8); ggml converts a tensor's layout when it
+// is uploaded into such a buffer, so a repacked tensor is a copy, not the mapping.
 #include "dgemma-model.h"
 #include "dgemma-log.h"
 #include "dgemma-parallel.h"
@@ -26,15 +26,16 @@ namespace dgemma {
 
 namespace {
 
-// Weights that only ever enter the graphs as a matrix product's first operand. A repacked tensor holds no
-// ordinary rows: GET_ROWS, views and copies of it would read garbage, so the embedding (looked up by
-// GET_ROWS, and read from the mapping by make_vocab_copies) and everything else stay as they are.
-bool product_only(const std::string & name) {
+// The expert tensors: they only ever enter the graphs as MUL_MAT_ID's first operand (a repacked tensor holds
+// no ordinary rows: GET_ROWS, views and copies of it would read garbage), and their products are where the
+// repacked kernels win. Measured 2026-11-28 on an AVX2-only AMD EPYC VM, 2 threads, the released widths in
+// Q4_K_M with 6 layers, per-op profile, three alternating runs each: ffn_gate_up_exps (q4_K) 1078-1114 ms
+// per step plain against 882-983 repacked, prompt encoding 74-80 tok/s against 97-103; but the dense q4_K
+// products over the 256-token canvas ran slower repacked (attn_q 209-213 ms against 245-288, attn_output
+// 222-225 against 240-252, ffn_gate and ffn_up 104-106 against 110-119), so they stay in the mapping.
+bool repack_candidate(const std::string & name) {
     static const char * const suffixes[] = {
-        "attn_q.weight", "attn_k.weight", "attn_v.weight", "attn_output.weight",
-        "ffn_gate.weight", "ffn_up.weight", "ffn_down.weight",
         "ffn_gate_up_exps.weight", "ffn_gate_exps.weight", "ffn_up_exps.weight", "ffn_down_exps.weight",
-        "self_cond_gate.weight", "self_cond_up.weight", "self_cond_down.weight",
     };
     for (const char * s : suffixes) {
         const size_t n = std::strlen(s);
@@ -86,7 +87,7 @@ repack_plan model::plan_repack(const std::vector<ggml_tensor *> & cpu_tensors) c
     std::vector<std::vector<ggml_tensor *>> taken(extra.size());
     plan.rest.clear();
     for (ggml_tensor * t : cpu_tensors) {
-        size_t k = product_only(t->name) ? 0 : extra.size();
+        size_t k = repack_candidate(t->name) ? 0 : extra.size();
         while (k < extra.size() && !(probes[k] && runs_repacked(cpu, probes[k], t))) k++;
         if (k < extra.size()) {
             taken[k].push_back(t);
