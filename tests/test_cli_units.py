@@ -94,3 +94,11 @@ def test_gpu_backends_detection(monkeypatch):
     assert cli.gpu_backends() == list(_core.gpu_backends())
     monkeypatch.setattr(_core, "gpu_backends", lambda: ["CUDA0"])
     assert cli.gpu_backends() == ["CUDA0"]
+
+
+@pytest.mark.parametrize(("argv", "expected"), [([], True), (["--no-repack"], False)])
+def test_no_repack_reaches_the_model(monkeypatch, argv, expected):
+    M, calls = fake_model()
+    monkeypatch.setattr(pygguf_diffusion, "Model", M)
+    cli.load(args(*argv))
+    assert [c["cpu_repack"] for c in calls] == [expected]

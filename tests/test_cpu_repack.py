@@ -1,6 +1,6 @@
 """CPU weights in the CPU backend's repacked layouts (dgemma-cpu-repack.cpp): which tensors move, that the
-mapping keeps the rest, and that the repacked products compute the same model. DGEMMA_CPU_REPACK=0 keeps
-every weight in the mapping (read at each load)."""
+mapping keeps the rest, and that the repacked products compute the same model. cpu_repack=False (the CLI's
+--no-repack) keeps every weight in the mapping."""
 from __future__ import annotations
 
 import platform
@@ -28,8 +28,8 @@ def _x86_avx2() -> bool:
         return False
 
 
-def _logits(path: Path) -> np.ndarray:
-    m = _core.Model(str(path), 0, False)
+def _logits(path: Path, cpu_repack: bool = True) -> np.ndarray:
+    m = _core.Model(str(path), 0, False, cpu_repack=cpu_repack)
     ctx = _core.Context(m, 128, 64, 2)
     C, V = ctx.canvas_length, m.info()["hparams"]["n_vocab"]
     ctx.encode(np.arange(2, 40, dtype=np.int32))   # 38 prompt tokens: the products' multi-row kernels
@@ -48,7 +48,7 @@ def q4_0(tmp_path_factory) -> Path:
 
 
 @pytest.mark.skipif(not _x86_avx2(), reason="the repacked q4_0 layout this checks is ggml's AVX2 one")
-def test_q4_0_expert_weights_move_to_the_repacked_layout_and_nothing_else(q4_0, monkeypatch):
+def test_q4_0_expert_weights_move_to_the_repacked_layout_and_nothing_else(q4_0):
     m = _core.Model(str(q4_0), 0, False)
     where = m.placement()
     tensors = {t["name"]: t for t in m.info()["tensors"]}
@@ -60,20 +60,23 @@ def test_q4_0_expert_weights_move_to_the_repacked_layout_and_nothing_else(q4_0, 
     assert moved == expected
     assert where["token_embd.weight"] == "CPU_Mapped"           # GET_ROWS reads its plain rows
     assert set(where.values()) == {"CPU_Mapped", "CPU_REPACK"}
-    monkeypatch.setenv("DGEMMA_CPU_REPACK", "0")
-    assert set(_core.Model(str(q4_0), 0, False).placement().values()) == {"CPU_Mapped"}
+    assert set(_core.Model(str(q4_0), 0, False, cpu_repack=False).placement().values()) == {"CPU_Mapped"}
+    from pygguf_diffusion import Model   # the Python API passes it on
+    assert set(Model(q4_0, cpu_repack=False, n_ctx=64)._model.placement().values()) == {"CPU_Mapped"}
+    assert "CPU_REPACK" in Model(q4_0, n_ctx=64)._model.placement().values()
+    with pytest.raises(ValueError, match="cpu_repack must be True or False"):
+        Model(q4_0, cpu_repack="no")
 
 
 @pytest.mark.skipif(not _x86_avx2(), reason="the repacked q4_0 layout this checks is ggml's AVX2 one")
-def test_repacked_products_compute_the_same_model(q4_0, monkeypatch):
+def test_repacked_products_compute_the_same_model(q4_0):
     """Against the plain layout: the same quantized weights and activations (the integer block products are
     exact); the bound leaves room for another summation order. Measured 2026-11-28 (AVX2, experts repacked):
     bit-identical logits with and without self-conditioning, NMSE against the f32 file 1.50e-4 / 2.22e-4 as
     for the plain layout (with the dense products repacked as well, 1.9e-9 / 5.4e-7 apart)."""
     assert "CPU_REPACK" in _core.Model(str(q4_0), 0, False).placement().values()
     repacked = _logits(q4_0)
-    monkeypatch.setenv("DGEMMA_CPU_REPACK", "0")
-    plain = _logits(q4_0)
+    plain = _logits(q4_0, cpu_repack=False)
     for a, b in zip(repacked, plain):
         nmse = ((a - b) ** 2).sum() / (b ** 2).sum()
         assert nmse < 1e-5, nmse

@@ -180,3 +180,42 @@ def test_an_output_layer_moved_to_a_server_returns_capped_logits(servers, conver
     uncapped = cap * np.arctanh(out[0] / cap)
     assert np.abs(uncapped - out[0]).max() > 1e-3   # capping visibly changes these logits
     np.testing.assert_allclose(out[1], out[0], rtol=1e-5, atol=1e-5)
+
+
+CPU_MOE_LOGITS = """
+import sys
+import numpy as np
+from pygguf_diffusion import _core
+path, server = sys.argv[1], sys.argv[2]
+out = []
+for model in (_core.Model(path, 0), _core.Model(path, -1, cpu_moe=True, rpc_servers=[server])):
+    ctx = _core.Context(model, n_ctx=256, n_threads=1)
+    rng, V = np.random.default_rng(7), model.info()["hparams"]["n_vocab"]
+    prompt, canvas = rng.integers(0, V, 40).astype(np.int32), rng.integers(0, V, ctx.canvas_length).astype(np.int32)
+    ctx.encode(prompt)
+    out.append([ctx.decode_step(canvas, temperature=0.8), ctx.decode_step(canvas, sc="previous", temperature=0.6)])
+print(all(np.array_equal(a, b) for a, b in zip(*out)), max(float(np.abs(a - b).max()) for a, b in zip(*out)))
+"""
+
+
+def test_experts_kept_on_the_cpu_run_repacked_beside_layers_on_a_server(servers, tmp_path):
+    # --cpu-moe with the other layers on a device (here a server on loopback, as a GPU would be): the CPU's
+    # experts are repacked (dgemma-cpu-repack.cpp) and their products take the activations the device sends
+    from pygguf_diffusion.bundled import bundled_model_path
+    from pygguf_diffusion.quant.requantize import requantize
+    from test_cpu_repack import _x86_avx2
+
+    if bundled_model_path() is None or not _x86_avx2():
+        pytest.skip("needs the bundled model and ggml's AVX2 q4_0 repacking")
+    path = tmp_path / "m-q4_0.gguf"
+    requantize(bundled_model_path(), path, "q4_0")
+    where = _core.Model(str(path), -1, cpu_moe=True, rpc_servers=servers[:1]).placement()
+    experts = [n for n in where if "_exps.weight" in n]   # (their .scale vectors stay in the mapping)
+    assert experts and all(where[n] == "CPU_REPACK" for n in experts), {n: where[n] for n in experts}
+    assert all(servers[0] in where[n] for n in where if n.startswith("blk.") and "_exps." not in n)
+    # the same products as the local run (its experts repacked too, the rest computed by the same CPU
+    # kernels on the server): equal bit for bit
+    r = subprocess.run([sys.executable, "-c", CPU_MOE_LOGITS, str(path), servers[0]], capture_output=True,
+                       text=True, timeout=120, env={**os.environ, "DGEMMA_GENERIC_REDUCTIONS": "1"})
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split()[0] == "True", r.stdout

@@ -136,6 +136,10 @@ struct model_params {
     int32_t n_gpu_layers = -1;     // layers whose weights live on the GPU (-1: all, and the globals too)
     bool    cpu_moe      = false;  // keep expert tensors on the CPU (small GPUs)
     int32_t n_cpu_moe    = 0;      // keep the expert tensors of the first n_cpu_moe layers on the CPU
+    // CPU expert weights in the CPU backend's repacked layouts where it has one for their type (on AVX2:
+    // q4_0, q4_K, iq4_nl, mxfp4): faster expert products and prompts, for a copy made at load (seconds per
+    // GB) instead of reading the file's pages as they are first used. llama.cpp's --no-repack is false.
+    bool    cpu_repack   = true;
     // llama.cpp's --override-tensor: (regular expression searched in the tensor name, device). The first
     // match wins over every rule above. Devices: "CPU", "GPU" (the device in use) or its ggml name
     // ("CUDA0", "Metal"); naming a GPU where none is in use is an error.

@@ -316,8 +316,9 @@ PYBIND11_MODULE(_core, m) {
     py::class_<model_handle>(m, "Model")
         .def(py::init([](const std::string & path, int n_gpu_layers, bool cpu_moe, py::object progress,
                          int n_cpu_moe, std::vector<std::pair<std::string, std::string>> tensor_overrides,
-                         std::vector<std::string> rpc_servers) {
+                         std::vector<std::string> rpc_servers, bool cpu_repack) {
                  dgemma::model_params p;
+                 p.cpu_repack = cpu_repack;
                  p.rpc_servers = std::move(rpc_servers);
                  p.n_gpu_layers = n_gpu_layers;
                  p.cpu_moe = cpu_moe;
@@ -348,10 +349,11 @@ PYBIND11_MODULE(_core, m) {
              }), py::arg("path"), py::arg("n_gpu_layers") = -1, py::arg("cpu_moe") = false,
              py::arg("progress") = py::none(), py::arg("n_cpu_moe") = 0,
              py::arg("tensor_overrides") = std::vector<std::pair<std::string, std::string>>{},
-             py::arg("rpc_servers") = std::vector<std::string>{},
+             py::arg("rpc_servers") = std::vector<std::string>{}, py::arg("cpu_repack") = true,
              "progress: called with the fraction loaded in [0, 1]. n_cpu_moe: the experts of the first N layers stay "
              "on the CPU. tensor_overrides: [(regex, device)], the first match wins (llama.cpp's -ot). rpc_servers: "
-             "[\"host:port\"] of ggml RPC servers whose devices take GPU layers.")
+             "[\"host:port\"] of ggml RPC servers whose devices take GPU layers. cpu_repack: CPU expert weights "
+             "in the CPU backend's repacked layouts (a copy made at load).")
         .def("placement", [](const model_handle & h) {
                  py::dict d;
                  for (const auto & [name, buf] : dgemma::get_weight_placement(*h.m)) d[py::str(name)] = buf;

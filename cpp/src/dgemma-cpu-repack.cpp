@@ -68,12 +68,12 @@ bool runs_repacked(ggml_backend_dev_t cpu, ggml_backend_buffer_t probe, const gg
 
 } // namespace
 
-// Which CPU weights a repacked layout runs, grouped by its buffer type; the rest stay in the mapping.
-// DGEMMA_CPU_REPACK=0 keeps every weight in the mapping.
+// Which CPU weights a repacked layout runs, grouped by its buffer type; the rest stay in the mapping
+// (all of them with params.cpu_repack false).
 repack_plan model::plan_repack(const std::vector<ggml_tensor *> & cpu_tensors) const {
     repack_plan plan;
     plan.rest = cpu_tensors;
-    if (const char * e = std::getenv("DGEMMA_CPU_REPACK"); e && std::strcmp(e, "0") == 0) return plan;
+    if (!params.cpu_repack) return plan;
     ggml_backend_dev_t cpu = ggml_backend_get_device(backend_cpu);
     auto get_extra = (ggml_backend_dev_get_extra_bufts_t) ggml_backend_reg_get_proc_address(
         ggml_backend_dev_backend_reg(cpu), "ggml_backend_dev_get_extra_bufts");
@@ -115,8 +115,8 @@ void model::upload_repacked(const repack_plan & plan, const std::function<void(s
         ggml_backend_buffer_t buf = ggml_backend_buft_alloc_buffer(buft, size);
         if (!buf) {
             throw error(info.path + ": cannot allocate " + std::to_string(size >> 20) + " MiB for the " +
-                        ggml_backend_buft_name(buft) + " weights; free memory, or set DGEMMA_CPU_REPACK=0 to "
-                        "read them from the mapping");
+                        ggml_backend_buft_name(buft) + " weights; free memory, or load without repacking "
+                        "(cpu_repack=False, --no-repack) to read them from the file's mapping");
         }
         ggml_backend_buffer_set_usage(buf, GGML_BACKEND_BUFFER_USAGE_WEIGHTS);
         bufs_.push_back(buf);

@@ -102,7 +102,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                            "type_v": args.cache_type_v, "prompt": args.prompt, "steps": args.steps,
                            "repeats": args.repeats}
     t0 = time.perf_counter()
-    model = _core.Model(path, args.n_gpu_layers, args.cpu_moe)
+    model = _core.Model(path, args.n_gpu_layers, args.cpu_moe, cpu_repack=not args.no_repack)
     res["load_s"] = time.perf_counter() - t0
     info = model.info()
     V, C = int(info["hparams"]["n_vocab"]), int(info["diffusion"]["canvas_length"])
@@ -262,6 +262,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("-t", "--threads", type=int, metavar="N", help="CPU threads (default: the CPUs available)")
     ap.add_argument("-ngl", "--n-gpu-layers", type=int, default=-1, metavar="N")
     ap.add_argument("--cpu-moe", action="store_true")
+    ap.add_argument("--no-repack", action="store_true", help="the CPU's experts read from the mapping as stored")
     ap.add_argument("-ctk", "--cache-type-k", default="f32", metavar="TYPE")
     ap.add_argument("-ctv", "--cache-type-v", default="f32", metavar="TYPE")
     ap.add_argument("--adaptive", action="store_true", help="also run the GGUF's adaptive stopping rule")

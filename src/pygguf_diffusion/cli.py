@@ -66,6 +66,9 @@ def add_model_options(ap: argparse.ArgumentParser, chat: bool) -> None:
     src.add_argument("--cpu-moe", action="store_true", help="keep every expert tensor on the CPU")
     src.add_argument("--n-cpu-moe", type=int, metavar="N", help="keep the expert tensors of the first N layers "
                      "on the CPU")
+    src.add_argument("--no-repack", action="store_true", help="keep the CPU's expert weights as the file has "
+                     "them (read lazily from the mapping) instead of copying them at load into the CPU's faster "
+                     "repacked layouts")
     src.add_argument("-ot", "--override-tensor", action="append", default=[], metavar="PATTERN=DEVICE,...",
                      help="tensors whose name matches the regular expression go to DEVICE (CPU, GPU or a "
                      "device name such as CUDA0); repeatable; the first match wins over -ngl and --*-moe")
@@ -189,6 +192,7 @@ def load(args: argparse.Namespace):
     ngl = -1 if args.n_gpu_layers is None else args.n_gpu_layers
     kw: dict[str, Any] = dict(n_ctx=args.ctx_size, n_gpu_layers=ngl, n_threads=args.threads, seed=args.seed,
                               verbose=args.verbose, cpu_moe=args.cpu_moe, n_cpu_moe=args.n_cpu_moe or 0,
+                              cpu_repack=not args.no_repack,
                               tensor_overrides=parse_overrides(args.override_tensor),
                               type_k=args.cache_type_k or "f32", type_v=args.cache_type_v or "f32",
                               rpc_servers=args.rpc)

@@ -47,7 +47,7 @@ class Model:
                  n_ctx: int | None = None, n_threads: int | None = None, n_batch: int = 512, seed: int | None = None, verbose: bool = False,
                  cpu_moe: bool = False, n_cpu_moe: int = 0, tensor_overrides: Sequence[tuple[str, str]] = (),
                  type_k: str = "f32", type_v: str = "f32", rpc_servers: str | Sequence[str] | None = None,
-                 progress: Callable[[float], None] | None = None) -> None:
+                 cpu_repack: bool = True, progress: Callable[[float], None] | None = None) -> None:
         """n_ctx: positions the context holds (prompt + every canvas); None = min(8192, the model's
         context_length). n_threads: None = the physical cores this process may use. progress: called
         with the fraction loaded in [0, 1] while the weights are placed. path None: the bundled tiny model,
@@ -58,7 +58,10 @@ class Model:
         [(regex, "CPU" | "GPU" | a device name)], the first match winning over the rest (llama.cpp's -ot).
         type_k / type_v: the KV store's element types (f32, f16, bf16, q8_0, q5_1, q5_0, q4_1, q4_0).
         rpc_servers: ["host:port", ...] (or "a:1,b:2") of machines running dgemma-rpc-server: their devices
-        take GPU layers after the local GPU, split evenly in order (n_gpu_layers and the overrides apply)."""
+        take GPU layers after the local GPU, split evenly in order (n_gpu_layers and the overrides apply).
+        cpu_repack: the CPU's expert weights in the CPU backend's repacked layouts where it has one for their
+        type (q4_0, q4_K, iq4_nl, mxfp4 on AVX2): faster expert products and prompts, for a copy made at load
+        (about 10 s for the released model's 8 GB of q4_K experts on 2 cores) instead of a mapping read lazily."""
         if path is None:
             from . import bundled
 
@@ -79,8 +82,9 @@ class Model:
                 raise ValueError(f"{name} must be an integer in [{lo}, {hi}], got {v!r}")
         if isinstance(n_gpu_layers, bool) or not isinstance(n_gpu_layers, int) or not -1 <= n_gpu_layers <= INT32_MAX:
             raise ValueError(f"n_gpu_layers must be an integer in [-1, {INT32_MAX}] (-1: all), got {n_gpu_layers!r}")
-        if not isinstance(cpu_moe, (bool, np.bool_)):
-            raise ValueError(f"cpu_moe must be True or False, got {cpu_moe!r}")
+        for name, flag in (("cpu_moe", cpu_moe), ("cpu_repack", cpu_repack)):
+            if not isinstance(flag, (bool, np.bool_)):
+                raise ValueError(f"{name} must be True or False, got {flag!r}")
         overrides = check_overrides(tensor_overrides)
         rpc = check_rpc_servers(rpc_servers)
         for name, v in (("type_k", type_k), ("type_v", type_v)):
@@ -93,7 +97,7 @@ class Model:
             logging.getLogger("pygguf_diffusion").setLevel(logging.INFO)
         self.path = path
         self._model = _core.Model(path, n_gpu_layers, bool(cpu_moe), progress=progress, n_cpu_moe=n_cpu_moe or 0,
-                                  tensor_overrides=overrides, rpc_servers=rpc)
+                                  tensor_overrides=overrides, rpc_servers=rpc, cpu_repack=bool(cpu_repack))
         self.info: dict[str, Any] = self._model.info()
         vocab = self._model.vocab()  # the engine's checks: EngineError naming the file
         try:
