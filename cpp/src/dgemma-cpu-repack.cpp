@@ -44,24 +44,18 @@ bool repack_candidate(const std::string & name) {
     return false;
 }
 
-// Whether the CPU device runs the product the graphs make of `w` (MUL_MAT, or MUL_MAT_ID for [K, N, E]
-// experts) with `w` in `probe`, an empty buffer of the candidate type: the buffer type's own rule (its type, row count and the CPU's
-// features) decides, as llama.cpp asks it.
+// Whether the CPU device runs MUL_MAT_ID, the product the graphs make of expert tensor w ([K, N, E]), with w
+// in `probe`, an empty buffer of the candidate type: the buffer type's own rule (its type, row count and the
+// CPU's features) decides, as llama.cpp asks it. A file with one expert (w 2-D to ggml) is refused by it.
 bool runs_repacked(ggml_backend_dev_t cpu, ggml_backend_buffer_t probe, const ggml_tensor * w) {
     ggml_init_params ip = { 8 * ggml_tensor_overhead() + ggml_graph_overhead(), nullptr, true };
     ggml_context * ctx = ggml_init(ip);
-    ggml_tensor * wt = ggml_new_tensor(ctx, w->type, ggml_n_dims(w), w->ne);
+    ggml_tensor * wt = ggml_new_tensor_3d(ctx, w->type, w->ne[0], w->ne[1], w->ne[2]);
     wt->buffer = probe;
-    ggml_tensor * op;
-    if (ggml_n_dims(w) == 3) {
-        const int64_t n_used = std::min<int64_t>(2, w->ne[2]);
-        ggml_tensor * b = ggml_new_tensor_3d(ctx, GGML_TYPE_F32, w->ne[0], n_used, 8);
-        ggml_tensor * ids = ggml_new_tensor_2d(ctx, GGML_TYPE_I32, n_used, 8);
-        op = ggml_mul_mat_id(ctx, wt, b, ids);
-    } else {
-        op = ggml_mul_mat(ctx, wt, ggml_new_tensor_2d(ctx, GGML_TYPE_F32, w->ne[0], 8));
-    }
-    const bool ok = ggml_backend_dev_supports_op(cpu, op);
+    const int64_t n_used = std::min<int64_t>(2, w->ne[2]);
+    ggml_tensor * b = ggml_new_tensor_3d(ctx, GGML_TYPE_F32, w->ne[0], n_used, 8);
+    ggml_tensor * ids = ggml_new_tensor_2d(ctx, GGML_TYPE_I32, n_used, 8);
+    const bool ok = ggml_backend_dev_supports_op(cpu, ggml_mul_mat_id(ctx, wt, b, ids));
     ggml_free(ctx);
     return ok;
 }
