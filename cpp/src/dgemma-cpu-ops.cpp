@@ -266,14 +266,11 @@ ggml_tensor * row_reductions_cpu(ggml_context * ctx, ggml_tensor * logits, const
 
 void store_softmax_span(ggml_tensor * probs, int64_t r, int64_t i0, const float * p, int64_t n) {
     const int64_t K = probs->ne[0];
+    const ggml_from_float_t convert = ggml_get_type_traits_cpu(probs->type)->from_float;   // f32, f16, bf16
     while (n > 0) {   // split where a span crosses from one slice of the layout into the next
         const int64_t j = i0 / K, off = i0 % K, k = std::min(n, K - off);
         char * dst = (char *) probs->data + r * probs->nb[1] + j * probs->nb[2];
-        switch (probs->type) {
-            case GGML_TYPE_F32:  std::memcpy((float *) dst + off, p, sizeof(float) * k); break;
-            case GGML_TYPE_F16:  ggml_cpu_fp32_to_fp16(p, (ggml_fp16_t *) dst + off, k); break;
-            default:             ggml_cpu_fp32_to_bf16(p, (ggml_bf16_t *) dst + off, k); break;
-        }
+        convert(p, dst + off * (int64_t) ggml_type_size(probs->type), k);
         i0 += k;
         p += k;
         n -= k;

@@ -48,7 +48,7 @@ bool repack_candidate(const std::string & name) {
 // in `probe`, an empty buffer of the candidate type: the buffer type's own rule (its type, row count and the
 // CPU's features) decides, as llama.cpp asks it. A file with one expert (w 2-D to ggml) is refused by it.
 bool runs_repacked(ggml_backend_dev_t cpu, ggml_backend_buffer_t probe, const ggml_tensor * w) {
-    ggml_init_params ip = { 8 * ggml_tensor_overhead() + ggml_graph_overhead(), nullptr, true };
+    ggml_init_params ip = { 8 * ggml_tensor_overhead(), nullptr, true };
     ggml_context * ctx = ggml_init(ip);
     ggml_tensor * wt = ggml_new_tensor_3d(ctx, w->type, w->ne[0], w->ne[1], w->ne[2]);
     wt->buffer = probe;

@@ -99,6 +99,7 @@ void model::make_vocab_copies() {
     uint8_t * dst_t = host_data(tok_embd_t);
     uint8_t * dst_h = f16_head ? (uint8_t *) lm_head->data : nullptr;   // the CPU path: a host buffer
     const auto * src_traits = ggml_get_type_traits(tok_embd->type);
+    const ggml_from_float_t to_t = ggml_get_type_traits_cpu(tt)->from_float;   // f32, f16 or bf16: vectorised
     // tok_embd may live on the GPU: read it from the mapping
     const char * src = (const char *) map_ + file_offset("token_embd.weight");
     const size_t row_bytes = ggml_row_size(tok_embd->type, H);
@@ -117,12 +118,7 @@ void model::make_vocab_copies() {
         }
         for (int64_t h = 0; h < H; h++) {
             for (int64_t r = 0; r < nb; r++) col[(size_t) r] = rows[(size_t) r * H + h];
-            const size_t at = (size_t) h * V + (size_t) v0;
-            switch (tt) {
-                case GGML_TYPE_F32: std::memcpy((float *) dst_t + at, col.data(), (size_t) nb * sizeof(float)); break;
-                case GGML_TYPE_F16: ggml_cpu_fp32_to_fp16(col.data(), (ggml_fp16_t *) dst_t + at, nb); break;
-                default:            ggml_cpu_fp32_to_bf16(col.data(), (ggml_bf16_t *) dst_t + at, nb); break;
-            }
+            to_t(col.data(), dst_t + ((size_t) h * V + (size_t) v0) * ggml_type_size(tt), nb);
         }
     }, [&, last = (int64_t) 0](int64_t done) mutable {
         if (done - last < 64 && done < n_blocks) return;
